@@ -1,0 +1,333 @@
+"""tapegrad against micrograd, measured in the same process.
+
+    python benchmarks/bench_engine.py            # full run (a few minutes: micrograd is slow)
+    python benchmarks/bench_engine.py --quick    # smaller sizes, for a smoke run
+    python benchmarks/bench_engine.py --markdown docs/performance-engine.md
+
+Workloads (the user code is the same for both engines, only the import differs):
+
+* W1: one training step of micrograd's moons demo: 100 samples, ``MLP(2, [16, 16, 1])``,
+  SVM max-margin loss + L2, ``zero_grad``, ``backward``, SGD update.
+* W2: a chain ``x = x * 1.0001 + 1e-4`` of 10^6 ops (5·10^5 iterations of two ops).
+* W3: a random layered DAG over 1000 leaves: each op combines a node of the previous
+  layer with a random one (``*``, ``+``, ``-``, ``relu``, ``* 0.5``); 10^5 and 10^6 ops,
+  then ``sum`` of the last layer and ``backward``.
+
+micrograd runs as users run it: garbage collector on (figures with it off beside).
+Its recursive topological sort needs a raised recursion limit for W3; for W2 it
+raises ``RecursionError`` (shown on a 5,000-op chain).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+import tapegrad
+import tapegrad.nn
+
+try:
+    import micrograd.engine
+    import micrograd.nn
+except ImportError:  # pragma: no cover - micrograd is a dev dependency
+    sys.exit("the benchmark compares against micrograd: pip install -e '.[dev]'")
+
+
+# ------------------------------------------------------------------------------------
+# measurement helpers
+# ------------------------------------------------------------------------------------
+
+def timed(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
+    """Median wall time of ``fn`` over ``repeat`` runs, and its last result."""
+    times, out = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+class GC:
+    """Run a block with the cyclic garbage collector on or off."""
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+
+    def __enter__(self) -> None:
+        self.was = gc.isenabled()
+        gc.enable() if self.on else gc.disable()
+
+    def __exit__(self, *exc: object) -> None:
+        gc.enable() if self.was else gc.disable()
+        gc.collect()
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# ------------------------------------------------------------------------------------
+# W1: a moons training step
+# ------------------------------------------------------------------------------------
+
+def moons_data() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import make_moons
+
+    np.random.seed(1337)
+    random.seed(1337)
+    X, y = make_moons(n_samples=100, noise=0.1)
+    return X, y * 2 - 1
+
+
+def moons_step(Value, model, X, y, k: int) -> float:
+    """micrograd's demo loop body, verbatim but for the engine passed in."""
+    inputs = [list(map(Value, xrow)) for xrow in X]
+    scores = list(map(model, inputs))
+    losses = [(1 + -yi * scorei).relu() for yi, scorei in zip(y, scores)]
+    data_loss = sum(losses) * (1.0 / len(losses))
+    reg_loss = 1e-4 * sum(p * p for p in model.parameters())
+    total_loss = data_loss + reg_loss
+    model.zero_grad()
+    total_loss.backward()
+    learning_rate = 1.0 - 0.9 * k / 100
+    for p in model.parameters():
+        p.data -= learning_rate * p.grad
+    return total_loss.data
+
+
+def bench_w1(steps: int, peer_steps: int) -> dict:
+    X, y = moons_data()
+    out = {}
+    random.seed(1337)
+    model = tapegrad.nn.MLP(2, [16, 16, 1])
+    moons_step(tapegrad.Value, model, X, y, 0)          # warm-up
+    times = []
+    for k in range(1, steps + 1):
+        t0 = time.perf_counter()
+        moons_step(tapegrad.Value, model, X, y, k)
+        times.append(time.perf_counter() - t0)
+    out["tapegrad"] = statistics.median(times)
+    for gc_on in (True, False):
+        random.seed(1337)
+        model = micrograd.nn.MLP(2, [16, 16, 1])
+        with GC(gc_on):
+            times = []
+            for k in range(peer_steps):
+                t0 = time.perf_counter()
+                moons_step(micrograd.engine.Value, model, X, y, k)
+                times.append(time.perf_counter() - t0)
+        out["micrograd_gc_on" if gc_on else "micrograd_gc_off"] = statistics.median(times)
+    return out
+
+
+# ------------------------------------------------------------------------------------
+# W2: a long chain
+# ------------------------------------------------------------------------------------
+
+def chain(Value, iterations: int):
+    x0 = Value(1.0)
+    x = x0
+    for _ in range(iterations):
+        x = x * 1.0001 + 1e-4
+    return x0, x
+
+
+def bench_w2(ops: int) -> dict:
+    iterations = ops // 2
+    out = {"ops": 2 * iterations}
+    with tapegrad.Tape() as tape:
+        t0 = time.perf_counter()
+        x0, x = chain(tapegrad.Value, iterations)
+        out["record_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        x.backward()
+        out["backward_first_s"] = time.perf_counter() - t0
+        out["grad_ok"] = abs(x0.grad / 1.0001**iterations - 1) < 1e-9
+        out["backward_s"], _ = timed(x.backward, 3)
+        out["bytes_per_node"] = tape.nbytes / len(tape)
+    tape.reset()
+    with GC(True):
+        x0, x = chain(micrograd.engine.Value, 2_500)
+        try:
+            x.backward()
+            out["micrograd"] = "ok"
+        except RecursionError:
+            out["micrograd"] = "RecursionError on a 5,000-op chain"
+    return out
+
+
+# ------------------------------------------------------------------------------------
+# W3: a random layered DAG
+# ------------------------------------------------------------------------------------
+
+def random_dag(Value, n_ops: int, width: int = 1000, seed: int = 0):
+    """Layers of ``width`` nodes; each combines its predecessor in the previous layer
+    with a random node of it. The op mix keeps magnitudes near 0.1 at any depth."""
+    rnd = random.Random(seed)
+    leaves = [Value(rnd.uniform(-1, 1)) for _ in range(width)]
+    layer = leaves
+    made = 0
+    while made < n_ops:
+        nxt = []
+        for j in range(width):
+            a, b = layer[j], layer[rnd.randrange(width)]
+            r = rnd.random()
+            if r < 0.25:
+                v, k = a * b, 1
+            elif r < 0.5:
+                v, k = (a + b) * 0.5, 2
+            elif r < 0.7:
+                v, k = (a - b) * 0.5, 2
+            elif r < 0.85:
+                v, k = a.relu(), 1
+            else:
+                v, k = a * -0.9 + 0.1, 2
+            nxt.append(v)
+            made += k
+        layer = nxt
+    root = sum(layer)
+    return leaves, root, made + width
+
+
+def bench_w3(n_ops: int) -> dict:
+    out = {"ops": n_ops}
+    with tapegrad.Tape() as tape:
+        t0 = time.perf_counter()
+        leaves, root, total = random_dag(tapegrad.Value, n_ops)
+        out["tapegrad_record_s"] = time.perf_counter() - t0
+        out["ops"] = total
+        out["rows"] = len(tape)
+        t0 = time.perf_counter()
+        root.backward()
+        out["tapegrad_backward_first_s"] = time.perf_counter() - t0
+        out["tapegrad_backward_s"], _ = timed(root.backward, 3)
+        ours = [v.grad / 4 for v in leaves[:50]]    # 4 backward calls accumulated
+    del leaves, root
+    tape.reset()
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 100_000))
+    for gc_on in (True, False):
+        with GC(gc_on):
+            rss0 = rss_bytes()
+            t0 = time.perf_counter()
+            leaves, root, _ = random_dag(micrograd.engine.Value, n_ops)
+            rec = time.perf_counter() - t0
+            grown = rss_bytes() - rss0
+            t0 = time.perf_counter()
+            root.backward()
+            bwd = time.perf_counter() - t0
+        key = "gc_on" if gc_on else "gc_off"
+        out[f"micrograd_record_s_{key}"] = rec
+        out[f"micrograd_backward_s_{key}"] = bwd
+        if gc_on:
+            out["micrograd_bytes_per_op"] = grown / out["ops"]
+            theirs = np.array([v.grad for v in leaves[:50]])
+            scale = np.abs(theirs).max()
+            out["grads_agree"] = bool(np.isfinite(scale) and scale > 0 and np.allclose(
+                ours, theirs, rtol=1e-9, atol=1e-12 * scale))
+        del leaves, root
+        gc.collect()
+    return out
+
+
+def bench_memory(n_ops: int) -> dict:
+    """Resident bytes per op while a graph is alive (W3 program, values dropped)."""
+    gc.collect()
+    with tapegrad.Tape() as tape:
+        rss0 = rss_bytes()
+        leaves, root, n_ops = random_dag(tapegrad.Value, n_ops, seed=1)
+        del leaves
+        grown = rss_bytes() - rss0
+        out = {"rows": len(tape), "nbytes_per_row": tape.nbytes / len(tape),
+               "rss_bytes_per_op": grown / n_ops}
+        del root
+    tape.reset()
+    return out
+
+
+# ------------------------------------------------------------------------------------
+# report
+# ------------------------------------------------------------------------------------
+
+def report(res: dict) -> list[tuple[str, str, str, str, str]]:
+    """Rows: workload, tapegrad, micrograd (gc on), ratio, target."""
+    rows = []
+    w1 = res["w1"]
+    rows.append(("W1 moons step", f"{w1['tapegrad'] * 1e3:.1f} ms",
+                 f"{w1['micrograd_gc_on'] * 1e3:.0f} ms (gc off {w1['micrograd_gc_off'] * 1e3:.0f})",
+                 f"{w1['micrograd_gc_on'] / w1['tapegrad']:.1f}x", ">= 20x"))
+    w2 = res["w2"]
+    rows.append(("W2 chain backward / op", f"{w2['backward_s'] / w2['ops'] * 1e9:.0f} ns "
+                 f"(first call {w2['backward_first_s'] / w2['ops'] * 1e9:.0f})",
+                 w2["micrograd"], "-", "<= 150 ns"))
+    for w3 in res["w3"]:
+        n = w3["ops"]
+        rows.append((f"W3 {n:.0e} backward", f"{w3['tapegrad_backward_s'] * 1e3:.1f} ms "
+                     f"(first {w3['tapegrad_backward_first_s'] * 1e3:.0f})",
+                     f"{w3['micrograd_backward_s_gc_on'] * 1e3:.0f} ms "
+                     f"(gc off {w3['micrograd_backward_s_gc_off'] * 1e3:.0f})",
+                     f"{w3['micrograd_backward_s_gc_on'] / w3['tapegrad_backward_s']:.0f}x",
+                     ">= 30x"))
+        rows.append((f"W3 {n:.0e} record / op", f"{w3['tapegrad_record_s'] / n * 1e9:.0f} ns",
+                     f"{w3['micrograd_record_s_gc_on'] / n * 1e9:.0f} ns "
+                     f"(gc off {w3['micrograd_record_s_gc_off'] / n * 1e9:.0f})",
+                     f"{w3['micrograd_record_s_gc_on'] / w3['tapegrad_record_s']:.1f}x",
+                     ">= 2.5x"))
+    mem = res["memory"]
+    rows.append(("memory / node", f"{mem['nbytes_per_row']:.0f} B tape "
+                 f"({mem['rss_bytes_per_op']:.0f} B RSS)",
+                 f"{res['w3'][0]['micrograd_bytes_per_op']:.0f} B RSS", "-", "<= 48 B"))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="tapegrad vs micrograd")
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    parser.add_argument("--json", help="write the raw results here")
+    parser.add_argument("--markdown", help="write the table here as Markdown")
+    args = parser.parse_args(argv)
+
+    sizes = [10**4, 10**5] if args.quick else [10**5, 10**6]
+    res = {"python": sys.version.split()[0], "numpy": np.__version__,
+           "tapegrad": tapegrad.__version__, "cpus": os.cpu_count()}
+    print("W1 ...", flush=True)
+    res["w1"] = bench_w1(steps=5 if args.quick else 10, peer_steps=1 if args.quick else 3)
+    print("W2 ...", flush=True)
+    res["w2"] = bench_w2(10**5 if args.quick else 10**6)
+    res["w3"] = []
+    for n in sizes:
+        print(f"W3 {n} ...", flush=True)
+        res["w3"].append(bench_w3(n))
+    res["memory"] = bench_memory(sizes[-1])
+    res["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    rows = report(res)
+    head = ("workload", "tapegrad", "micrograd (gc on)", "ratio", "target")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(5)]
+    for r in [head] + rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    print(f"W3 gradients agree with micrograd: {[w['grads_agree'] for w in res['w3']]}; "
+          f"W2 gradient exact to 1e-9: {res['w2']['grad_ok']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write("| " + " | ".join(head) + " |\n|" + "---|" * 5 + "\n")
+            for r in rows:
+                f.write("| " + " | ".join(r) + " |\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

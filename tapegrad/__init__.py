@@ -1,0 +1,11 @@
+"""tapegrad: micrograd's API on a NumPy tape.
+
+Every scalar op is one row of a structure-of-arrays tape; ``backward()`` is a
+vectorized reverse sweep over integer opcodes.
+"""
+
+from .engine import Value
+from .tape import ResetTapeError, Tape, current_tape
+
+__all__ = ["Value", "Tape", "current_tape", "ResetTapeError"]
+__version__ = "0.1.0"

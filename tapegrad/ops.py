@@ -1,0 +1,132 @@
+"""The op table: the one place where every opcode of the tape is defined.
+
+Each :class:`Op` carries its name, the symbol pictures and dumps show, how many
+``Value`` operands it takes, and three rules:
+
+* ``scalar(x, y)``: the eager forward rule on Python floats, used while recording.
+  It may raise (``ZeroDivisionError``, ``OverflowError``, ``ValueError``); the tape
+  then falls back to the vectorized rule, so eager results follow IEEE like NumPy.
+* ``forward(x, y)``: the same rule vectorized over NumPy arrays (replay, checks).
+* ``partials(x, y, out)``: the local partial derivatives ``(d out/dx, d out/dy)``,
+  vectorized over NumPy arrays (the reverse sweep).
+
+Binary ops take ``x`` and ``y``; either of them may be an immediate constant stored
+in the row instead of a Value operand (``x + 1.0``, ``2 ** x``), in which case the
+partial for that side is simply not used. Unary ops receive the row's constant as
+``y`` and ignore it. Adding an op means adding one entry here, one facade method
+in :mod:`tapegrad.engine`, and a test.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+ScalarRule = Callable[[float, float], float]
+ArrayRule = Callable[[np.ndarray, np.ndarray], np.ndarray]
+PartialRule = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[object, object]]
+
+
+@dataclass(frozen=True)
+class Op:
+    """One opcode: its identity, its eager and vectorized forward rules and its partials."""
+
+    code: int
+    name: str
+    symbol: str
+    arity: int
+    scalar: ScalarRule | None
+    forward: ArrayRule | None
+    partials: PartialRule | None
+
+    def evaluate(self, x: float, y: float = 0.0) -> float:
+        """Forward rule on two Python floats with IEEE results (inf/nan, never an exception)."""
+        try:
+            return self.scalar(x, y)
+        except (ArithmeticError, ValueError):
+            with np.errstate(all="ignore"):
+                return float(self.forward(np.float64(x), np.float64(y)))
+
+    def __repr__(self) -> str:
+        return f"<op {self.code} {self.name}>"
+
+
+# ---------------------------------------------------------------------------
+# scalar (eager) rules that are not plain operators
+# ---------------------------------------------------------------------------
+
+def _relu(x: float, y: float) -> float:
+    return 0.0 if x < 0 else x  # micrograd's rule: nan stays nan, -0.0 stays -0.0
+
+
+def _sigmoid(x: float, y: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+def _sigmoid_array(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def _pow_partials(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> tuple[object, object]:
+    dx = y * np.power(x, y - 1.0)
+    # d(x**y)/dy = x**y * log(x); at x == 0 with y >= 0 the limit is 0 (as in PyTorch)
+    dy = np.where((x == 0) & (y >= 0), 0.0, out * np.log(x))
+    return dx, dy
+
+
+def _unary(fn: Callable[[float], float]) -> ScalarRule:
+    def rule(x: float, y: float) -> float:
+        return fn(x)
+
+    rule.__name__ = getattr(fn, "__name__", "unary")
+    return rule
+
+
+# ---------------------------------------------------------------------------
+# the table
+# ---------------------------------------------------------------------------
+
+LEAF = Op(0, "leaf", "", 0, None, None, None)
+ADD = Op(1, "add", "+", 2, operator.add, np.add, lambda x, y, out: (1.0, 1.0))
+SUB = Op(2, "sub", "-", 2, operator.sub, np.subtract, lambda x, y, out: (1.0, -1.0))
+MUL = Op(3, "mul", "*", 2, operator.mul, np.multiply, lambda x, y, out: (y, x))
+DIV = Op(4, "div", "/", 2, operator.truediv, np.divide,
+         lambda x, y, out: (1.0 / y, -x / (y * y)))
+POW = Op(5, "pow", "**", 2, math.pow, np.power, _pow_partials)
+NEG = Op(6, "neg", "neg", 1, _unary(operator.neg), lambda x, y: np.negative(x),
+         lambda x, y, out: (-1.0, 0.0))
+RELU = Op(7, "relu", "ReLU", 1, _relu, lambda x, y: np.where(x < 0, 0.0, x),
+          lambda x, y, out: ((out > 0) * 1.0, 0.0))
+TANH = Op(8, "tanh", "tanh", 1, _unary(math.tanh), lambda x, y: np.tanh(x),
+          lambda x, y, out: (1.0 - out * out, 0.0))
+SIGMOID = Op(9, "sigmoid", "sigmoid", 1, _sigmoid, _sigmoid_array,
+             lambda x, y, out: (out * (1.0 - out), 0.0))
+EXP = Op(10, "exp", "exp", 1, _unary(math.exp), lambda x, y: np.exp(x),
+         lambda x, y, out: (out, 0.0))
+LOG = Op(11, "log", "log", 1, _unary(math.log), lambda x, y: np.log(x),
+         lambda x, y, out: (1.0 / x, 0.0))
+SQRT = Op(12, "sqrt", "sqrt", 1, _unary(math.sqrt), lambda x, y: np.sqrt(x),
+          lambda x, y, out: (0.5 / out, 0.0))
+ABS = Op(13, "abs", "abs", 1, _unary(math.fabs), lambda x, y: np.abs(x),
+         lambda x, y, out: (np.sign(x), 0.0))
+SIN = Op(14, "sin", "sin", 1, _unary(math.sin), lambda x, y: np.sin(x),
+         lambda x, y, out: (np.cos(x), 0.0))
+COS = Op(15, "cos", "cos", 1, _unary(math.cos), lambda x, y: np.cos(x),
+         lambda x, y, out: (-np.sin(x), 0.0))
+
+OPS: tuple[Op, ...] = (LEAF, ADD, SUB, MUL, DIV, POW, NEG, RELU, TANH, SIGMOID,
+                       EXP, LOG, SQRT, ABS, SIN, COS)
+"""Every op, indexed by its code."""
+
+BY_NAME: dict[str, Op] = {op.name: op for op in OPS}
+
+assert all(op.code == i for i, op in enumerate(OPS)), "op codes must equal their position"

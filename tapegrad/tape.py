@@ -1,0 +1,697 @@
+"""The tape: every scalar op recorded as one row of structure-of-arrays NumPy buffers.
+
+Columns (one entry per row):
+
+=========  =======  ==========================================================
+column     dtype    meaning
+=========  =======  ==========================================================
+opcode     int8     index into :data:`tapegrad.ops.OPS`
+args       int32×2  operand rows, ``-1`` where the operand is the immediate
+const      float64  immediate constant (``x + 1.0`` records one row, no node)
+value      float64  forward value
+grad       float64  gradient left by the last ``backward()``
+level      int32    ``1 + max(level of operands)``; leaves are level 0
+low        int32    lowest row among the row itself and its non-leaf operands
+=========  =======  ==========================================================
+
+Recording appends a row in two steps that keep the hot path cheap: the value goes
+straight into the value column through a ``memoryview`` (Python floats in and out, and
+it is read back by the next op), the other fields go to a flat Python staging list
+that is flushed into the NumPy columns every few thousand rows. Columns grow by
+doubling into fresh ``np.zeros`` buffers, whose untouched pages the OS does not commit.
+Nothing outside this module touches the buffers; everything else uses :class:`Tape`'s
+public API or the :class:`tapegrad.Value` facade.
+"""
+
+from __future__ import annotations
+
+import array
+import gc
+import itertools
+import numbers
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import _sweep
+from .ops import LEAF, OPS, Op
+
+__all__ = ["Tape", "current_tape", "ResetTapeError"]
+
+_STAGE_ROWS = 4096          # rows staged in Python lists between flushes
+_STAGE_WIDTH = 5            # staged fields per row: opcode, arg0, arg1, const, level
+_RECLAIM_MIN_ROWS = 1 << 20  # a reclaiming tape never compacts below this size
+_FIRST_CAPACITY = 1024
+_EXACT = 2**53              # ints up to this size convert to float64 exactly and fast
+_COLUMNS = {"_op": np.int8, "_a0": np.int32, "_a1": np.int32, "_c": np.float64,
+            "_val": np.float64, "_lv": np.int32, "_low": np.int32, "_g": np.float64}
+_NUMPY_COLUMNS = tuple(_COLUMNS)
+ROW_BYTES = sum(np.dtype(t).itemsize for t in _COLUMNS.values())
+"""Bytes one row occupies across all columns (41)."""
+_ROW_COLUMNS = ("_a0", "_a1", "_low")   # hold row numbers: renumbered by compaction
+
+_names = itertools.count(1)
+
+
+class ResetTapeError(RuntimeError):
+    """A Value was used after its tape was reset: its rows no longer exist."""
+
+
+class _Rows:
+    """The buffers of one tape. ``Value`` facades point here, not at the :class:`Tape`.
+
+    ``Tape.reset()`` retires a ``_Rows`` (its buffers are freed and its class becomes
+    :class:`_RetiredRows`) and starts a new one, so old Values raise
+    :class:`ResetTapeError` instead of reading freed rows. The class swap keeps
+    ``_Rows`` free of ``__getattr__`` hooks, which would slow down every attribute
+    load on the recording hot path.
+    """
+
+    __slots__ = (
+        "name", "_n", "_limit", "_v", "_val", "_s", "_flushed", "_cap",
+        "_op", "_a0", "_a1", "_c", "_lv", "_low", "_g",
+        "_labels", "_links", "_reclaim", "_reclaim_min", "_reclaim_at", "_epoch",
+        "__weakref__",
+    )
+
+    def __init__(self, name: str, reclaim: bool, reclaim_min_rows: int) -> None:
+        self.name = name
+        self._n = 0                 # rows recorded (flushed + staged)
+        self._flushed = 0           # rows already in the NumPy columns
+        self._s: list = []          # staged fields of rows _flushed.._n
+        self._cap = _FIRST_CAPACITY
+        for col, dtype in _COLUMNS.items():
+            setattr(self, col, np.zeros(self._cap, dtype))
+        self._v = memoryview(self._val)     # element access with Python floats
+        self._labels: dict[int, str] = {}
+        self._links: dict[Any, int] = {}   # leaf Value of another tape -> its row here
+        self._reclaim = reclaim
+        self._reclaim_min = reclaim_min_rows
+        self._reclaim_at = reclaim_min_rows
+        self._epoch = 0
+        self._set_limit()
+
+    def retire(self) -> None:
+        """Free the buffers; later use of this tape's old Values raises ResetTapeError."""
+        for slot in _Rows.__slots__:
+            if slot not in ("name", "__weakref__"):
+                object.__delattr__(self, slot)
+        self.__class__ = _RetiredRows
+
+    def check_alive(self) -> None:
+        """Raise :class:`ResetTapeError` if these rows were retired (on a retired tape)."""
+
+    # -- room for new rows -------------------------------------------------------------
+
+    def _set_limit(self) -> None:
+        limit = min(self._flushed + _STAGE_ROWS, self._cap)
+        if self._reclaim:
+            limit = min(limit, max(self._reclaim_at, self._n + 1))
+        self._limit = limit
+
+    def make_room(self, rows: int = 1) -> None:
+        """Flush, reclaim or grow so that ``rows`` more rows fit before the next check."""
+        if self._n + rows <= self._limit:
+            return
+        self.flush()
+        if self._reclaim and self._n + rows > self._reclaim_at:
+            self.reclaim()
+        if self._n + rows > self._cap:
+            self._grow(self._n + rows)
+        self._set_limit()
+        if self._limit < self._n + rows:   # a staging block smaller than the request
+            self._limit = self._n + rows
+
+    def _grow(self, need: int) -> None:
+        cap = self._cap
+        while cap < need:
+            cap *= 2
+        # fresh buffers instead of in-place resizes: views handed out earlier stay valid
+        for col in _NUMPY_COLUMNS:
+            old = getattr(self, col)
+            new = np.zeros(cap, old.dtype)
+            new[: self._n] = old[: self._n]
+            setattr(self, col, new)
+        self._v = memoryview(self._val)
+        self._cap = cap
+
+    def flush(self) -> None:
+        """Move staged rows into the NumPy columns."""
+        s = self._s
+        if not s:
+            return
+        a, b = self._flushed, self._n
+        for k, (col, code) in enumerate((("_op", "b"), ("_a0", "i"), ("_a1", "i"),
+                                         ("_c", "d"), ("_lv", "i"))):
+            block = array.array(code)
+            block.fromlist(s[k::_STAGE_WIDTH])
+            getattr(self, col)[a:b] = np.frombuffer(block, dtype=getattr(self, col).dtype)
+        s.clear()
+        self._flushed = b
+        low = np.arange(a, b, dtype=np.int32)
+        for args in (self._a0[a:b], self._a1[a:b]):
+            pos = np.flatnonzero(args >= 0)
+            pos = pos[self._lv[args[pos]] > 0]
+            low[pos] = np.minimum(low[pos], args[pos])
+        self._low[a:b] = low
+
+    # -- appending rows (slow path; the hot path is inlined in the op recorders) -------
+
+    def append(self, code: int, i: int, j: int, c: float, value: float, level: int) -> int:
+        if self._n >= self._limit:
+            self.make_room()
+        r = self._n
+        self._v[r] = value
+        self._n = r + 1
+        self._s += (code, i, j, c, level)
+        return r
+
+    def link(self, leaf: Any) -> int:
+        """Row on this tape that mirrors ``leaf``, a leaf Value homed on another tape."""
+        value = leaf._tape.value(leaf._i)
+        row = self._links.get(leaf)
+        if row is None:
+            row = self.append(LEAF.code, -1, -1, 0.0, value, 0)
+            self._links[leaf] = row
+        else:
+            self._v[row] = value    # mirror the leaf's current data, as micrograd reads it
+        return row
+
+    def refresh_links(self) -> None:
+        for leaf, row in self._links.items():
+            self._v[row] = leaf._tape.value(leaf._i)
+
+    # -- element access ---------------------------------------------------------------
+
+    def value(self, i: int) -> float:
+        return self._v[i]
+
+    def set_value(self, i: int, x: float) -> None:
+        self._v[i] = x
+
+    def grad(self, i: int) -> float:
+        return float(self._g[i])
+
+    def set_grad(self, i: int, g: float) -> None:
+        self._g[i] = g
+
+    def level(self, i: int) -> int:
+        self.flush()
+        return int(self._lv[i])
+
+    def row(self, i: int) -> tuple[Op, int, int, float]:
+        """(op, arg0, arg1, const) of row ``i``."""
+        self.flush()
+        return OPS[self._op[i]], int(self._a0[i]), int(self._a1[i]), float(self._c[i])
+
+    # -- whole-column views -----------------------------------------------------------
+
+    def columns(self) -> _sweep.Columns:
+        """Read-only NumPy views of all recorded rows."""
+        self.flush()
+        n = self._n
+        cols = _sweep.Columns(
+            op=self._op[:n], a0=self._a0[:n], a1=self._a1[:n], const=self._c[:n],
+            value=self._val[:n], level=self._lv[:n],
+            low=self._low[:n], grad=self._g[:n],
+        )
+        for arr in cols:
+            arr.flags.writeable = False
+        return cols
+
+    # -- backward ---------------------------------------------------------------------
+
+    def backward(self, root: int) -> None:
+        self.refresh_links()
+        cols = self.columns()
+        adj, inner, leaves = _sweep.reverse_sweep(cols, root)
+        g = self._g
+        g[inner] = adj[inner]
+        g[leaves] += adj[leaves]
+        for leaf, row in self._links.items():
+            k = int(np.searchsorted(leaves, row))
+            if k < leaves.size and leaves[k] == row:
+                # a mirrored leaf: its home row accumulates, the mirror holds this call's share
+                g[row] = adj[row]
+                home = leaf._tape
+                home.set_grad(leaf._i, home.grad(leaf._i) + float(adj[row]))
+
+    # -- reclaiming rows no live Value can reach -----------------------------------------
+
+    def reclaim(self) -> None:
+        """Drop rows that no live Value can reach and renumber the rest (docs/design.md).
+
+        Live Values are found by scanning the garbage collector's objects for facades
+        of this tape; they pin their rows, and each pinned non-leaf row keeps the
+        smallest closed interval of rows ending at it (:func:`_sweep.closure_start`).
+        """
+        self.flush()
+        cls = _facade
+        facades = [o for o in gc.get_objects() if type(o) is cls and o._tape is self]
+        live = np.fromiter((f._i for f in facades), dtype=np.int64, count=len(facades))
+        cols = self.columns()
+        keep = _sweep.reachable(cols, live)
+        kept = int(keep.sum())
+        new_index = np.cumsum(keep, dtype=np.int64) - 1
+        self._compact(keep, new_index, kept)
+        for f, r in zip(facades, new_index[live].tolist()):
+            f._i = r
+        self._labels = {int(new_index[r]): s for r, s in self._labels.items() if keep[r]}
+        self._links = {leaf: int(new_index[r]) for leaf, r in self._links.items() if keep[r]}
+        self._epoch += 1
+        self._reclaim_at = max(self._reclaim_min, 2 * kept)
+        self._set_limit()
+
+    def _compact(self, keep: np.ndarray, new_index: np.ndarray, kept: int) -> None:
+        n = self._n
+        for col in _NUMPY_COLUMNS:
+            arr = getattr(self, col)
+            a = arr[:n][keep]
+            if col in _ROW_COLUMNS:
+                a = np.where(a >= 0, new_index[a], -1)
+            arr[:kept] = a
+            arr[kept:n] = 0
+        self._n = self._flushed = kept
+
+    # -- size -------------------------------------------------------------------------
+
+    def nbytes(self) -> int:
+        """Bytes the recorded rows occupy in the columns (not counting spare capacity)."""
+        return self._n * ROW_BYTES
+
+
+class _RetiredRows(_Rows):
+    """The rows of a tape after ``reset()``: every use raises :class:`ResetTapeError`."""
+
+    __slots__ = ()
+
+    def __getattribute__(self, attr: str) -> Any:
+        name = object.__getattribute__(self, "name")
+        if attr == "name":
+            return name
+        raise ResetTapeError(
+            f"this Value belongs to tape {name!r}, which was reset: its rows were freed. "
+            "Record the computation again."
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# the public Tape
+# ---------------------------------------------------------------------------------------
+
+class Tape:
+    """A recording of scalar ops, one row each, in NumPy structure-of-arrays buffers.
+
+    ``with Tape() as t:`` makes ``t`` the current tape of this thread; ops on Values
+    recorded there land on ``t``. Without any ``with`` block, each thread records on
+    its own default tape, which reclaims rows no live Value can reach (micrograd-style
+    loops build a new graph every step and never say so).
+
+    Args:
+        name: shown in errors, dumps and pictures. Defaults to ``"tape-<n>"``.
+        reclaim: compact the tape automatically (see :meth:`compact`) whenever it grows
+            past ``max(reclaim_min_rows, 2 × rows kept by the last compaction)``. The
+            default tape does; explicit tapes do not, so their rows stay where they
+            are until :meth:`reset` or :meth:`compact`.
+        reclaim_min_rows: the smallest size at which automatic compaction runs.
+    """
+
+    def __init__(self, name: str | None = None, *, reclaim: bool = False,
+                 reclaim_min_rows: int = _RECLAIM_MIN_ROWS) -> None:
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"Tape name must be a str, got {type(name).__name__}")
+        if not isinstance(reclaim_min_rows, int) or reclaim_min_rows < 1:
+            raise ValueError(f"reclaim_min_rows must be a positive int, got {reclaim_min_rows!r}")
+        self.name = name if name is not None else f"tape-{next(_names)}"
+        self.reclaim = bool(reclaim)
+        self.reclaim_min_rows = reclaim_min_rows
+        self._rows = _Rows(self.name, self.reclaim, reclaim_min_rows)
+
+    # -- context ----------------------------------------------------------------------
+
+    def __enter__(self) -> Tape:
+        _stack().append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        stack = _stack()
+        if not stack or stack[-1] is not self:
+            raise RuntimeError(f"tape {self.name!r} exited out of order")
+        stack.pop()
+
+    # -- size and lifetime --------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._rows._n
+
+    def __repr__(self) -> str:
+        return f"Tape(name={self.name!r}, rows={len(self)})"
+
+    def reset(self) -> None:
+        """Free every row. Values recorded before raise :class:`ResetTapeError` when used."""
+        self._rows.retire()
+        self._rows = _Rows(self.name, self.reclaim, self.reclaim_min_rows)
+
+    def compact(self) -> int:
+        """Drop the rows no live Value can reach, renumber the rest; returns rows freed.
+
+        Live Values keep working (their rows move); a row stays when a live Value
+        depends on it. Row numbers seen before (dumps, ``values[i]``) change.
+        """
+        before = len(self)
+        self._rows.reclaim()
+        return before - len(self)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the tape's buffers (allocated capacity, all columns)."""
+        return self._rows.nbytes()
+
+    # -- read-only views of the rows -------------------------------------------------------
+
+    @property
+    def opcodes(self) -> np.ndarray:
+        """Opcode of every row (``int8``; names in :data:`tapegrad.ops.OPS`)."""
+        return self._rows.columns().op
+
+    @property
+    def args(self) -> np.ndarray:
+        """Operand rows, shape ``(len, 2)``; ``-1`` marks the immediate or an unused slot."""
+        cols = self._rows.columns()
+        out = np.stack([cols.a0, cols.a1], axis=1)
+        out.flags.writeable = False
+        return out
+
+    @property
+    def consts(self) -> np.ndarray:
+        """Immediate constant of every row (``0.0`` where unused)."""
+        return self._rows.columns().const
+
+    @property
+    def values(self) -> np.ndarray:
+        """Forward value of every row."""
+        return self._rows.columns().value
+
+    @property
+    def grads(self) -> np.ndarray:
+        """Gradient of every row after the last ``backward()``."""
+        return self._rows.columns().grad
+
+    @property
+    def levels(self) -> np.ndarray:
+        """Topological level of every row (leaves 0)."""
+        return self._rows.columns().level
+
+    def label(self, row: int) -> str:
+        """The label given to ``row`` (``""`` when none)."""
+        return self._rows._labels.get(row, "")
+
+
+# ---------------------------------------------------------------------------------------
+# the current tape of each thread
+# ---------------------------------------------------------------------------------------
+
+class _ThreadState(threading.local):
+    def __init__(self) -> None:
+        self.stack: list[Tape] = []
+        thread = threading.current_thread()
+        name = "default" if thread is threading.main_thread() else f"default[{thread.name}]"
+        self.default = Tape(name, reclaim=True)
+
+
+_state = _ThreadState()
+
+
+def _stack() -> list[Tape]:
+    return _state.stack
+
+
+def current_tape() -> Tape:
+    """The tape ops record on in this thread: the innermost ``with Tape()`` or the default."""
+    stack = _state.stack
+    return stack[-1] if stack else _state.default
+
+
+def _current_rows() -> _Rows:
+    stack = _state.stack
+    return (stack[-1] if stack else _state.default)._rows
+
+
+# ---------------------------------------------------------------------------------------
+# recording: the op methods of the Value facade
+# ---------------------------------------------------------------------------------------
+
+_facade: type = object   # set to tapegrad.engine.Value by register_facade()
+
+
+def register_facade(cls: type) -> None:
+    """Tell the recorders which class to build results with (``tapegrad.Value``)."""
+    global _facade
+    _facade = cls
+
+
+def _new_value(t: _Rows, r: int, level: int) -> Any:
+    v = object.__new__(_facade)
+    v._tape = t
+    v._i = r
+    v._l = level
+    return v
+
+
+def _describe(x: object) -> str:
+    text = repr(x)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{text} ({type(x).__name__})"
+
+
+def as_number(x: object, what: str) -> float:
+    """``x`` as a float if it is a real number (NumPy scalars included), else an error
+    naming it: ``TypeError`` for the wrong type, ``ValueError`` for an int too large."""
+    if type(x) is float:
+        return x
+    if isinstance(x, _facade):
+        raise TypeError(f"{what} must be a real number, got a Value: {x!r}")
+    if isinstance(x, (numbers.Real, np.bool_)):
+        try:
+            return float(x)
+        except OverflowError as err:
+            raise ValueError(f"{what} does not fit in a float64: {_describe(x)}") from err
+    if isinstance(x, numbers.Complex):
+        raise TypeError(f"{what} must be a real number; complex numbers are not supported, "
+                        f"got {_describe(x)}")
+    raise TypeError(f"{what} must be a real number, got {_describe(x)}")
+
+
+def _operand_error(op: Op, a: object, b: object, reflected: bool,
+                   err: Exception) -> Exception:
+    left, right = (b, a) if reflected else (a, b)
+    where = (f"unsupported operand for {op.symbol}: "
+             f"{type(left).__name__} {op.symbol} {type(right).__name__}")
+    if isinstance(err, ValueError):
+        return ValueError(f"{where}: {err}")
+    why = "; complex numbers are not supported" if isinstance(b, numbers.Complex) else ""
+    return TypeError(f"{where}: expected a Value or a real number, got {_describe(b)}{why}")
+
+
+def _target(values: list) -> _Rows:
+    """The tape an op on ``values`` records on: that of its non-leaf operands, else the current."""
+    target = None
+    for v in values:
+        t = v._tape
+        t.check_alive()
+        if v._l:
+            if target is not None and target is not t:
+                raise ValueError(
+                    f"cannot combine Values recorded on different tapes: {target.name!r} and "
+                    f"{t.name!r}. Non-leaf Values live on the tape that recorded them; "
+                    "record the whole computation on one tape (leaf Values may be shared)."
+                )
+            target = t
+    return target if target is not None else _current_rows()
+
+
+def _record_general(op: Op, a: Any, b: Any = None, reflected: bool = False) -> Any:
+    """Every case the inlined fast paths leave out: other number types, leaves used on
+    another tape or off the current tape, a full staging block, and bad operands."""
+    const = 0.0
+    if op.arity == 1:
+        values = [a]
+    elif isinstance(b, _facade):
+        values = [a, b]
+    else:
+        try:
+            const = as_number(b, "the other operand")
+        except (TypeError, ValueError) as err:
+            raise _operand_error(op, a, b, reflected, err) from None
+        values = [a]
+    t = _target(values)
+    t.make_room(len(values) + 1)
+    rows = [v._i if v._tape is t else t.link(v) for v in values]
+    level = 1 + max(v._l for v in values)
+    if len(values) == 2:
+        i, j = rows
+        x, y = t.value(i), t.value(j)
+    elif op.arity == 1:
+        i, j = rows[0], -1
+        x, y = t.value(i), 0.0
+    elif reflected:
+        i, j = -1, rows[0]
+        x, y = const, t.value(j)
+    else:
+        i, j = rows[0], -1
+        x, y = t.value(i), const
+    r = t.append(op.code, i, j, const, op.evaluate(x, y), level)
+    return _new_value(t, r, level)
+
+
+# The three recorders below build the facade's operator methods. They are the hot path
+# of recording (one call per scalar op), so they are written out flat: one tape, the
+# operands' rows and levels read once, the value into the array, the other fields onto
+# the staging list. Anything unusual goes to _record_general.
+
+def binary(op: Op) -> Callable[[Any, Any], Any]:
+    """The facade method ``a <op> b`` (``b`` a Value, or a number kept as the immediate)."""
+    code = op.code
+    scalar = op.scalar
+    evaluate = op.evaluate
+    new = object.__new__
+
+    def method(a, b):
+        t = a._tape
+        if type(b) is _facade:
+            la = a._l
+            lb = b._l
+            r = t._n
+            if b._tape is t and r < t._limit and (la or lb or t is _current_rows()):
+                vals = t._v
+                i = a._i
+                j = b._i
+                x = vals[i]
+                y = vals[j]
+                try:
+                    out = scalar(x, y)
+                except (ArithmeticError, ValueError):
+                    out = evaluate(x, y)
+                vals[r] = out
+                t._n = r + 1
+                level = (la if la > lb else lb) + 1
+                s = t._s
+                s += (code, i, j, 0.0, level)
+                v = new(_facade)
+                v._tape = t
+                v._i = r
+                v._l = level
+                return v
+        elif type(b) is float or (type(b) is int and -_EXACT <= b <= _EXACT):
+            la = a._l
+            r = t._n
+            if r < t._limit and (la or t is _current_rows()):
+                vals = t._v
+                i = a._i
+                x = vals[i]
+                y = float(b)
+                try:
+                    out = scalar(x, y)
+                except (ArithmeticError, ValueError):
+                    out = evaluate(x, y)
+                vals[r] = out
+                t._n = r + 1
+                level = la + 1
+                s = t._s
+                s += (code, i, -1, y, level)
+                v = new(_facade)
+                v._tape = t
+                v._i = r
+                v._l = level
+                return v
+        return _record_general(op, a, b, False)
+
+    method.__name__ = f"__{op.name}__"
+    method.__doc__ = f"Record ``self {op.symbol} other`` as one row ({op.name})."
+    return method
+
+
+def reflected(op: Op) -> Callable[[Any, Any], Any]:
+    """The facade method for ``number <op> a`` (the number becomes the immediate)."""
+    code = op.code
+    scalar = op.scalar
+    evaluate = op.evaluate
+    new = object.__new__
+
+    def method(a, b):
+        t = a._tape
+        if type(b) is float or (type(b) is int and -_EXACT <= b <= _EXACT):
+            la = a._l
+            r = t._n
+            if r < t._limit and (la or t is _current_rows()):
+                vals = t._v
+                j = a._i
+                x = float(b)
+                y = vals[j]
+                try:
+                    out = scalar(x, y)
+                except (ArithmeticError, ValueError):
+                    out = evaluate(x, y)
+                vals[r] = out
+                t._n = r + 1
+                level = la + 1
+                s = t._s
+                s += (code, -1, j, x, level)
+                v = new(_facade)
+                v._tape = t
+                v._i = r
+                v._l = level
+                return v
+        return _record_general(op, a, b, True)
+
+    method.__name__ = f"__r{op.name}__"
+    method.__doc__ = f"Record ``other {op.symbol} self`` as one row ({op.name})."
+    return method
+
+
+def unary(op: Op) -> Callable[[Any], Any]:
+    """The facade method ``a.<op>()``."""
+    code = op.code
+    scalar = op.scalar
+    evaluate = op.evaluate
+    new = object.__new__
+
+    def method(a):
+        t = a._tape
+        la = a._l
+        r = t._n
+        if r < t._limit and (la or t is _current_rows()):
+            vals = t._v
+            i = a._i
+            x = vals[i]
+            try:
+                out = scalar(x, 0.0)
+            except (ArithmeticError, ValueError):
+                out = evaluate(x, 0.0)
+            vals[r] = out
+            t._n = r + 1
+            level = la + 1
+            s = t._s
+            s += (code, i, -1, 0.0, level)
+            v = new(_facade)
+            v._tape = t
+            v._i = r
+            v._l = level
+            return v
+        return _record_general(op, a)
+
+    method.__name__ = op.name
+    method.__doc__ = f"Record ``{op.name}(self)`` as one row."
+    return method
+
+
+def record_leaf(x: float, label: str) -> tuple[_Rows, int]:
+    """Append a leaf row with value ``x`` on the current tape; (rows, row index)."""
+    t = _current_rows()
+    r = t.append(LEAF.code, -1, -1, 0.0, x, 0)
+    if label:
+        t._labels[r] = label
+    return t, r
