@@ -91,7 +91,7 @@ def local_partials(cols: Columns, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
     op = cols.op[rows]
     p0 = np.zeros(rows.size)
     p1 = np.zeros(rows.size)
-    present = np.flatnonzero(np.bincount(op, minlength=len(OPS)))
+    present = np.flatnonzero(np.bincount(op.astype(np.intp), minlength=len(OPS)))
     with np.errstate(all="ignore"):
         for code in present.tolist():
             rule = OPS[code]
@@ -99,8 +99,12 @@ def local_partials(cols: Columns, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
                 continue
             idx = np.flatnonzero(op == code)
             sel = rows[idx]
-            x, y = operand_values(cols, sel, rule.arity)
-            d0, d1 = rule.partials(x, y, cols.value[sel])
+            x = y = out = None
+            if "x" in rule.reads or "y" in rule.reads:
+                x, y = operand_values(cols, sel, rule.arity)
+            if "o" in rule.reads:
+                out = cols.value[sel]
+            d0, d1 = rule.partials(x, y, out)
             p0[idx] = d0
             if rule.arity == 2:
                 p1[idx] = d1
@@ -117,24 +121,21 @@ class _Chain(NamedTuple):
     part: np.ndarray    # ... and partials
 
 
-def _find_chains(pos: np.ndarray, level: np.ndarray, fan: np.ndarray,
-                 a0: np.ndarray, a1: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Chains worth folding among ``pos`` (interval positions of non-leaf rows).
+def _find_chains(cand: np.ndarray, fan: np.ndarray, t0: np.ndarray,
+                 t1: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Chains worth folding among ``cand`` (interval positions, ascending).
 
-    Candidates are the rows of narrow levels in row order; consecutive candidates are
-    linked when the earlier one has a single consumer, the later one. ``level``,
-    ``fan`` and ``a0``/``a1`` (operands as interval positions, -1 outside) are indexed
-    by interval position. Returns ``(rows, on0)`` per chain: positions bottom to top,
-    and for ``rows[1:]`` whether the predecessor sits in operand slot 0.
+    Consecutive candidates are linked when the earlier one has a single consumer, the
+    later one. ``fan`` (consumers) and ``t0``/``t1`` (operands, as interval positions)
+    are indexed by interval position. Returns ``(positions, on0)`` per chain: bottom
+    to top, and for each row but the first whether its predecessor is operand 0.
     """
-    width = np.bincount(level[pos])
-    cand = pos[width[level[pos]] <= _NARROW]
-    if cand.size < _MIN_RUN:
-        return []
     prev, cur = cand[:-1], cand[1:]
-    on0 = a0[cur] == prev
-    link = (fan[prev] == 1) & (on0 | (a1[cur] == prev))
-    step = np.diff(link.view(np.int8), prepend=np.int8(0), append=np.int8(0))
+    on0 = t0[cur] == prev
+    link = (fan[prev] == 1) & (on0 | (t1[cur] == prev))
+    edge = np.zeros(link.size + 2, np.int8)
+    edge[1:-1] = link
+    step = edge[1:] - edge[:-1]
     starts = np.flatnonzero(step == 1)
     stops = np.flatnonzero(step == -1)
     long = stops - starts + 1 >= _MIN_RUN
@@ -142,110 +143,96 @@ def _find_chains(pos: np.ndarray, level: np.ndarray, fan: np.ndarray,
                                                         stops[long].tolist())]
 
 
-def _fold(cols: Columns, lo: int, found: list[tuple[np.ndarray, np.ndarray]]) -> list[_Chain]:
-    """Partials, link partials and side edges of the chains ``found`` (positions)."""
-    rows = np.concatenate([r for r, _ in found]) + lo
-    p0, p1 = local_partials(cols, rows)
-    chains = []
-    start = 0
-    for pos, on0 in found:
-        stop = start + pos.size
-        r = rows[start:stop]
-        q0, q1 = p0[start:stop], p1[start:stop]
-        links = np.where(on0, q0[1:], q1[1:])[::-1]
-        # side edges: every operand slot except the predecessor's
-        side0 = np.ones(pos.size, bool)
-        side0[1:] = ~on0
-        side1 = np.ones(pos.size, bool)
-        side1[1:] = on0
-        t0 = cols.a0[r]
-        t1 = cols.a1[r]
-        side0 &= t0 >= 0
-        side1 &= t1 >= 0
-        chains.append(_Chain(
-            rows=r, links=links,
-            cons=np.concatenate((r[side0], r[side1])),
-            tgt=np.concatenate((t0[side0], t1[side1])),
-            part=np.concatenate((q0[side0], q1[side1])),
-        ))
-        start = stop
-    return chains
+def _chain(lo: int, pos: np.ndarray, on0: np.ndarray, t0: np.ndarray, t1: np.ndarray,
+           p0: np.ndarray, p1: np.ndarray, sink: int) -> _Chain:
+    """A folded chain from its interval positions and the per-position arrays."""
+    rows = pos + lo
+    a, b = t0[pos], t1[pos]
+    q0, q1 = p0[pos], p1[pos]
+    side0 = a != sink               # every operand slot except the predecessor's
+    side0[1:] &= ~on0
+    side1 = b != sink
+    side1[1:] &= on0
+    return _Chain(
+        rows=rows,
+        links=np.where(on0, q0[1:], q1[1:])[::-1],
+        cons=np.concatenate((rows[side0], rows[side1])),
+        tgt=np.concatenate((a[side0], b[side1])),
+        part=np.concatenate((q0[side0], q1[side1])),
+    )
 
 
-def reverse_sweep(cols: Columns, root: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Adjoints of every row that reaches ``root`` (seeded with 1 at ``root``).
+class Sweep(NamedTuple):
+    """Result of :func:`reverse_sweep`."""
 
-    Returns ``(adj, inner_rows, leaf_rows)``: ``adj`` is indexed by row (length
-    ``root + 1``); ``inner_rows`` are the non-leaf ancestors (root included) and
-    ``leaf_rows`` the leaf ancestors, each row once, sorted.
-    """
+    adj: np.ndarray       # adjoint of every row up to the root (one extra sink slot)
+    lo: int               # start of the root's closed interval
+    inner: np.ndarray     # mask over rows lo..root: non-leaf ancestors
+    leaves: np.ndarray    # leaf rows whose adjoint to add, sorted, each once
+
+
+def reverse_sweep(cols: Columns, root: int) -> Sweep:
+    """Adjoints of every row that reaches ``root`` (seeded with 1 at ``root``)."""
     hi = root + 1
-    adj = np.zeros(hi)
+    sink = hi                                   # operand slot with no operand
+    adj = np.zeros(hi + 1)
     adj[root] = 1.0
     if cols.level[root] == 0:
-        return adj, np.empty(0, np.int64), np.array([root])
+        return Sweep(adj, root, np.zeros(1, bool), np.array([root]))
     lo = closure_start(cols, root)
     m = hi - lo
     level = cols.level[lo:hi]
     inner = (level > 0) & _DIFFERENTIABLE[cols.op[lo:hi]]
     pos = np.flatnonzero(inner)                 # interval positions of non-leaf rows
+    p0 = np.zeros(m)
+    p1 = np.zeros(m)
+    p0[pos], p1[pos] = local_partials(cols, pos + lo)
+    # operands as absolute rows, the sink where a slot holds no operand (or a leaf row)
+    t0 = cols.a0[lo:hi].astype(np.int64)
+    t1 = cols.a1[lo:hi].astype(np.int64)
+    t0[(t0 < 0) | ~inner] = sink
+    t1[(t1 < 0) | ~inner] = sink
 
-    # operands as interval positions (-1: immediate, unused, or a leaf before lo)
-    a0 = cols.a0[lo:hi] - lo
-    a1 = cols.a1[lo:hi] - lo
-    a0[~inner | (a0 < 0)] = -1
-    a1[~inner | (a1 < 0)] = -1
-    fan = np.bincount(a0[a0 >= 0], minlength=m) + np.bincount(a1[a1 >= 0], minlength=m)
-    dangling = inner & (fan == 0)
-    dangling[m - 1] = False
-    del a0, a1
-
-    found = _find_chains(pos, level, fan, cols.a0[lo:hi] - lo, cols.a1[lo:hi] - lo)
-    chains = _fold(cols, lo, found) if found else []
-    if found:
-        in_chain = np.zeros(m, bool)
-        for c, _ in found:
-            in_chain[c] = True
-        pos = pos[~in_chain[pos]]
-
-    # the other rows, highest level first
-    keys = level[pos]
-    top = int(keys.max()) if keys.size else 0
-    order = np.argsort((top - keys).astype(np.uint16 if top < 1 << 16 else np.int64),
-                       kind="stable")
-    srows = pos[order] + lo
-    skeys = keys[order]
+    # rows of narrow levels may form chains worth folding; other rows go level by level
+    width = np.bincount(level[pos])
+    cand = pos[width[level[pos]] <= _NARROW]
     chains_at: dict[int, list[_Chain]] = {}
-    for chain in chains:
-        chains_at.setdefault(int(cols.level[chain.rows[-1]]), []).append(chain)
-    distinct = skeys[np.flatnonzero(np.diff(skeys, prepend=top + 1))]
-    group_keys = sorted(set(distinct.tolist()) | set(chains_at), reverse=True)
-    bounds = np.searchsorted(-skeys, -np.array(group_keys + [-1]), side="left")
-    p0, p1 = local_partials(cols, srows)
-
-    # per operand slot: consumer rows, operand rows and partials, in processing order
-    slots = []
-    for args, part in ((cols.a0, p0), (cols.a1, p1)):
-        t = args[srows]
-        use = t >= 0
-        at = np.concatenate(([0], np.cumsum(use)))[bounds].tolist()
-        slots.append((srows[use], t[use], part[use], at))
-
+    has_consumer = np.zeros(m + 1, bool)        # last slot: operands outside the interval
+    if cand.size >= _MIN_RUN:
+        local0 = np.where((t0 >= lo) & (t0 < hi), t0 - lo, m)
+        local1 = np.where((t1 >= lo) & (t1 < hi), t1 - lo, m)
+        fan = np.bincount(local0, minlength=m + 1) + np.bincount(local1, minlength=m + 1)
+        has_consumer = fan > 0
+        in_chain = np.zeros(m, bool)
+        for cpos, on0 in _find_chains(cand, fan, local0, local1):
+            in_chain[cpos] = True
+            chain = _chain(lo, cpos, on0, t0, t1, p0, p1, sink)
+            chains_at.setdefault(int(level[cpos[-1]]), []).append(chain)
+        pos = pos[~in_chain[pos]]
+    else:
+        for t in (t0, t1):
+            has_consumer[np.where((t >= lo) & (t < hi), t - lo, m)] = True
+    dangling = inner & ~has_consumer[:m]
+    dangling[m - 1] = False                     # the root
     reach = None
     if dangling.any():   # some rows do not reach the root: carry an ancestor mask
-        reach = np.zeros(hi, bool)
+        reach = np.zeros(hi + 1, bool)
         reach[root] = True
 
-    def scatter(c: np.ndarray, t: np.ndarray, p: np.ndarray) -> None:
-        w = p * adj[c]
-        if reach is not None:
-            live = reach[c]
-            w[~live] = 0.0
-            reach[t[live]] = True
-        np.add.at(adj, t, w)
+    # level groups, highest first: positions sorted by level, each group a slice
+    keys = level[pos]
+    top = int(keys.max()) if keys.size else 0
+    order = pos[np.argsort((top - keys).astype(np.uint16 if top < 1 << 16 else np.int64),
+                           kind="stable")]
+    skeys = level[order]
+    first = np.flatnonzero(np.diff(skeys)) + 1
+    starts = [0] + first.tolist()
+    group_keys = skeys[starts].tolist() if skeys.size else []
+    groups = dict(zip(group_keys, zip(starts, starts[1:] + [skeys.size])))
+    keys_desc = sorted(set(group_keys) | set(chains_at), reverse=True)
 
     with np.errstate(all="ignore"):
-        for g, k in enumerate(group_keys):
+        for k in keys_desc:
             for chain in chains_at.get(k, ()):
                 seq = np.empty(chain.links.size + 1)
                 seq[0] = adj[chain.rows[-1]]
@@ -253,31 +240,38 @@ def reverse_sweep(cols: Columns, root: int) -> tuple[np.ndarray, np.ndarray, np.
                 adj[chain.rows] = np.cumprod(seq)[::-1]
                 if reach is not None:
                     reach[chain.rows] = reach[chain.rows[-1]]
-                scatter(chain.cons, chain.tgt, chain.part)
-            for cons, tgt, part, at in slots:
-                s, e = at[g], at[g + 1]
-                if s < e:
-                    scatter(cons[s:e], tgt[s:e], part[s:e])
+                _scatter(adj, reach, chain.cons, chain.tgt, chain.part)
+            if k in groups:
+                s, e = groups[k]
+                idx = order[s:e]
+                c = idx + lo
+                _scatter(adj, reach, c, t0[idx], p0[idx])
+                _scatter(adj, reach, c, t1[idx], p1[idx])
 
-    edges = [(cons, tgt) for cons, tgt, _, _ in slots] + [(c.cons, c.tgt) for c in chains]
-    inner_rows = np.concatenate([srows] + [c.rows for c in chains])
     if reach is not None:
-        inner_rows = inner_rows[reach[inner_rows]]
-    leaf_parts = []
-    for cons, tgt in edges:
-        ok = cols.level[tgt] == 0
+        inner &= reach[lo:hi]
+    # leaf ancestors: leaves of the interval (adding a zero adjoint is harmless) and
+    # leaves before it that some non-leaf row of the interval reads
+    before = []
+    for t in (t0, t1):
+        use = t < lo
         if reach is not None:
-            ok &= reach[cons]
-        leaf_parts.append(tgt[ok])
-    leaf_tgt = np.concatenate(leaf_parts)
-    if leaf_tgt.size:
-        base = int(leaf_tgt.min())
-        seen = np.zeros(hi - base, bool)
-        seen[leaf_tgt - base] = True
-        leaf_rows = np.flatnonzero(seen) + base
-    else:
-        leaf_rows = np.empty(0, np.int64)
-    return adj, inner_rows, leaf_rows
+            use &= reach[lo:hi]
+        before.append(t[use])
+    leaves = np.concatenate([np.unique(np.concatenate(before)),
+                             np.flatnonzero(level == 0) + lo])
+    return Sweep(adj, lo, inner, leaves)
+
+
+def _scatter(adj: np.ndarray, reach: np.ndarray | None, cons: np.ndarray, tgt: np.ndarray,
+             part: np.ndarray) -> None:
+    """``adj[tgt] += part * adj[cons]`` with repeated targets accumulated."""
+    w = part * adj[cons]
+    if reach is not None:
+        live = reach[cons]
+        w[~live] = 0.0
+        reach[tgt[live]] = True
+    np.add.at(adj, tgt, w)
 
 
 def reachable(cols: Columns, live: np.ndarray) -> np.ndarray:

@@ -8,7 +8,9 @@ Each :class:`Op` carries its name, the symbol pictures and dumps show, how many
   then falls back to the vectorized rule, so eager results follow IEEE like NumPy.
 * ``forward(x, y)``: the same rule vectorized over NumPy arrays (replay, checks).
 * ``partials(x, y, out)``: the local partial derivatives ``(d out/dx, d out/dy)``,
-  vectorized over NumPy arrays (the reverse sweep).
+  vectorized over NumPy arrays (the reverse sweep). ``reads`` names the arguments
+  the rule uses (letters of ``"xyo"``); the sweep gathers only those and passes
+  ``None`` for the others.
 
 Binary ops take ``x`` and ``y``; either of them may be an immediate constant stored
 in the row instead of a Value operand (``x + 1.0``, ``2 ** x``), in which case the
@@ -42,6 +44,7 @@ class Op:
     scalar: ScalarRule | None
     forward: ArrayRule | None
     partials: PartialRule | None
+    reads: str = "xyo"
 
     def evaluate(self, x: float, y: float = 0.0) -> float:
         """Forward rule on two Python floats with IEEE results (inf/nan, never an exception)."""
@@ -96,32 +99,32 @@ def _unary(fn: Callable[[float], float]) -> ScalarRule:
 # ---------------------------------------------------------------------------
 
 LEAF = Op(0, "leaf", "", 0, None, None, None)
-ADD = Op(1, "add", "+", 2, operator.add, np.add, lambda x, y, out: (1.0, 1.0))
-SUB = Op(2, "sub", "-", 2, operator.sub, np.subtract, lambda x, y, out: (1.0, -1.0))
-MUL = Op(3, "mul", "*", 2, operator.mul, np.multiply, lambda x, y, out: (y, x))
+ADD = Op(1, "add", "+", 2, operator.add, np.add, lambda x, y, out: (1.0, 1.0), "")
+SUB = Op(2, "sub", "-", 2, operator.sub, np.subtract, lambda x, y, out: (1.0, -1.0), "")
+MUL = Op(3, "mul", "*", 2, operator.mul, np.multiply, lambda x, y, out: (y, x), "xy")
 DIV = Op(4, "div", "/", 2, operator.truediv, np.divide,
-         lambda x, y, out: (1.0 / y, -x / (y * y)))
+         lambda x, y, out: (1.0 / y, -x / (y * y)), "xy")
 POW = Op(5, "pow", "**", 2, math.pow, np.power, _pow_partials)
 NEG = Op(6, "neg", "neg", 1, _unary(operator.neg), lambda x, y: np.negative(x),
-         lambda x, y, out: (-1.0, 0.0))
+         lambda x, y, out: (-1.0, 0.0), "")
 RELU = Op(7, "relu", "ReLU", 1, _relu, lambda x, y: np.where(x < 0, 0.0, x),
-          lambda x, y, out: ((out > 0) * 1.0, 0.0))
+          lambda x, y, out: ((out > 0) * 1.0, 0.0), "o")
 TANH = Op(8, "tanh", "tanh", 1, _unary(math.tanh), lambda x, y: np.tanh(x),
-          lambda x, y, out: (1.0 - out * out, 0.0))
+          lambda x, y, out: (1.0 - out * out, 0.0), "o")
 SIGMOID = Op(9, "sigmoid", "sigmoid", 1, _sigmoid, _sigmoid_array,
-             lambda x, y, out: (out * (1.0 - out), 0.0))
+             lambda x, y, out: (out * (1.0 - out), 0.0), "o")
 EXP = Op(10, "exp", "exp", 1, _unary(math.exp), lambda x, y: np.exp(x),
-         lambda x, y, out: (out, 0.0))
+         lambda x, y, out: (out, 0.0), "o")
 LOG = Op(11, "log", "log", 1, _unary(math.log), lambda x, y: np.log(x),
-         lambda x, y, out: (1.0 / x, 0.0))
+         lambda x, y, out: (1.0 / x, 0.0), "x")
 SQRT = Op(12, "sqrt", "sqrt", 1, _unary(math.sqrt), lambda x, y: np.sqrt(x),
-          lambda x, y, out: (0.5 / out, 0.0))
+          lambda x, y, out: (0.5 / out, 0.0), "o")
 ABS = Op(13, "abs", "abs", 1, _unary(math.fabs), lambda x, y: np.abs(x),
-         lambda x, y, out: (np.sign(x), 0.0))
+         lambda x, y, out: (np.sign(x), 0.0), "x")
 SIN = Op(14, "sin", "sin", 1, _unary(math.sin), lambda x, y: np.sin(x),
-         lambda x, y, out: (np.cos(x), 0.0))
+         lambda x, y, out: (np.cos(x), 0.0), "x")
 COS = Op(15, "cos", "cos", 1, _unary(math.cos), lambda x, y: np.cos(x),
-         lambda x, y, out: (-np.sin(x), 0.0))
+         lambda x, y, out: (-np.sin(x), 0.0), "x")
 
 OPS: tuple[Op, ...] = (LEAF, ADD, SUB, MUL, DIV, POW, NEG, RELU, TANH, SIGMOID,
                        EXP, LOG, SQRT, ABS, SIN, COS)

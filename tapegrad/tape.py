@@ -226,9 +226,10 @@ class _Rows:
     def backward(self, root: int) -> None:
         self.refresh_links()
         cols = self.columns()
-        adj, inner, leaves = _sweep.reverse_sweep(cols, root)
+        adj, lo, inner, leaves = _sweep.reverse_sweep(cols, root)
         g = self._g
-        g[inner] = adj[inner]
+        hi = root + 1
+        g[lo:hi][inner] = adj[lo:hi][inner]
         g[leaves] += adj[leaves]
         for leaf, row in self._links.items():
             k = int(np.searchsorted(leaves, row))
