@@ -57,19 +57,24 @@ def closure_start(cols: Columns, root: int) -> int:
 
     Every non-leaf ancestor of ``root`` lies in that interval (leaf operands may lie
     anywhere before it). ``[L, root]`` is closed when the ``low`` column (lowest row
-    among a row and its non-leaf operands) is at least ``L`` over it, so ``lo`` is the
-    largest ``L`` whose suffix minimum of ``low`` reaches ``L``. Cost is linear in
-    ``root - lo``.
+    among a row and its non-leaf operands) is at least ``L`` all over it, so ``lo`` is
+    the largest ``L`` whose suffix minimum of ``low`` reaches ``L``. The suffix minimum
+    is taken block by block downwards from the root, stopping at the first block that
+    holds ``lo``: cost is linear in ``root - lo``.
     """
-    hi = root + 1
+    running = root
+    stop = root + 1
     size = _FIRST_BLOCK
     while True:
-        start = max(0, hi - size)
-        suffix_min = np.minimum.accumulate(cols.low[start:hi][::-1])[::-1]
-        closed = np.flatnonzero(suffix_min >= np.arange(start, hi))
+        start = max(0, stop - size)
+        suffix_min = np.minimum.accumulate(cols.low[start:stop][::-1])   # from stop-1 down
+        np.minimum(suffix_min, running, out=suffix_min)
+        closed = np.flatnonzero(suffix_min >= np.arange(stop - 1, start - 1, -1))
         if closed.size:
-            return start + int(closed[-1])
-        size *= 8
+            return stop - 1 - int(closed[0])
+        running = int(suffix_min[-1])
+        stop = start
+        size *= 4
 
 
 def operand_values(cols: Columns, rows: np.ndarray, arity: int) -> tuple[np.ndarray, object]:
@@ -91,13 +96,17 @@ def local_partials(cols: Columns, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
     op = cols.op[rows]
     p0 = np.zeros(rows.size)
     p1 = np.zeros(rows.size)
-    present = np.flatnonzero(np.bincount(op.astype(np.intp), minlength=len(OPS)))
+    if rows.size == 0:
+        return p0, p1
+    by_op = np.argsort(op, kind="stable")
+    sorted_op = op[by_op]
+    cut = (np.flatnonzero(sorted_op[1:] != sorted_op[:-1]) + 1).tolist()
     with np.errstate(all="ignore"):
-        for code in present.tolist():
-            rule = OPS[code]
+        for s, e in zip([0] + cut, cut + [rows.size]):
+            rule = OPS[sorted_op[s]]
             if rule.partials is None:
                 continue
-            idx = np.flatnonzero(op == code)
+            idx = by_op[s:e]
             sel = rows[idx]
             x = y = out = None
             if "x" in rule.reads or "y" in rule.reads:
@@ -121,18 +130,33 @@ class _Chain(NamedTuple):
     part: np.ndarray    # ... and partials
 
 
-def _find_chains(cand: np.ndarray, fan: np.ndarray, t0: np.ndarray,
-                 t1: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+def _consumer_counts(rows: np.ndarray, a0: np.ndarray, a1: np.ndarray, lo: int,
+                     m: int) -> np.ndarray:
+    """Number of consumers of each interval position in the mask ``rows`` (0 elsewhere).
+
+    ``a0``/``a1`` are the interval's operand columns (absolute rows, -1 for none).
+    """
+    counts = np.zeros(m, np.int64)
+    for args in (a0, a1):
+        local = args.astype(np.int64) - lo
+        local = local[(local >= 0)]
+        counts += np.bincount(local[rows[local]], minlength=m)
+    return counts
+
+
+def _find_chains(cand: np.ndarray, fan: np.ndarray, a0: np.ndarray, a1: np.ndarray,
+                 lo: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Chains worth folding among ``cand`` (interval positions, ascending).
 
     Consecutive candidates are linked when the earlier one has a single consumer, the
-    later one. ``fan`` (consumers) and ``t0``/``t1`` (operands, as interval positions)
-    are indexed by interval position. Returns ``(positions, on0)`` per chain: bottom
-    to top, and for each row but the first whether its predecessor is operand 0.
+    later one. ``fan`` (consumers) is indexed by interval position; ``a0``/``a1`` are
+    the interval's operand columns (absolute rows). Returns ``(positions, on0)`` per
+    chain: bottom to top, and for each row but the first whether its predecessor is
+    operand 0.
     """
     prev, cur = cand[:-1], cand[1:]
-    on0 = t0[cur] == prev
-    link = (fan[prev] == 1) & (on0 | (t1[cur] == prev))
+    on0 = a0[cur] == prev + lo
+    link = (fan[prev] == 1) & (on0 | (a1[cur] == prev + lo))
     edge = np.zeros(link.size + 2, np.int8)
     edge[1:-1] = link
     step = edge[1:] - edge[:-1]
@@ -143,15 +167,13 @@ def _find_chains(cand: np.ndarray, fan: np.ndarray, t0: np.ndarray,
                                                         stops[long].tolist())]
 
 
-def _chain(lo: int, pos: np.ndarray, on0: np.ndarray, t0: np.ndarray, t1: np.ndarray,
-           p0: np.ndarray, p1: np.ndarray, sink: int) -> _Chain:
-    """A folded chain from its interval positions and the per-position arrays."""
-    rows = pos + lo
-    a, b = t0[pos], t1[pos]
-    q0, q1 = p0[pos], p1[pos]
-    side0 = a != sink               # every operand slot except the predecessor's
+def _chain(cols: Columns, rows: np.ndarray, on0: np.ndarray) -> _Chain:
+    """A folded chain from its rows (absolute, bottom to top)."""
+    q0, q1 = local_partials(cols, rows)
+    a, b = cols.a0[rows], cols.a1[rows]
+    side0 = a >= 0                  # every operand slot except the predecessor's
     side0[1:] &= ~on0
-    side1 = b != sink
+    side1 = b >= 0
     side1[1:] &= on0
     return _Chain(
         rows=rows,
@@ -165,16 +187,19 @@ def _chain(lo: int, pos: np.ndarray, on0: np.ndarray, t0: np.ndarray, t1: np.nda
 class Sweep(NamedTuple):
     """Result of :func:`reverse_sweep`."""
 
-    adj: np.ndarray       # adjoint of every row up to the root (one extra sink slot)
+    adj: np.ndarray       # adjoint of every row up to the root, then a sink slot
     lo: int               # start of the root's closed interval
     inner: np.ndarray     # mask over rows lo..root: non-leaf ancestors
     leaves: np.ndarray    # leaf rows whose adjoint to add, sorted, each once
 
 
 def reverse_sweep(cols: Columns, root: int) -> Sweep:
-    """Adjoints of every row that reaches ``root`` (seeded with 1 at ``root``)."""
+    """Adjoints of every row that reaches ``root`` (seeded with 1 at ``root``).
+
+    ``adj`` and ``reach`` carry one slot past the root: operand ``-1`` (an immediate
+    or an unused slot) indexes it, so edges never need masking; it collects garbage.
+    """
     hi = root + 1
-    sink = hi                                   # operand slot with no operand
     adj = np.zeros(hi + 1)
     adj[root] = 1.0
     if cols.level[root] == 0:
@@ -182,57 +207,60 @@ def reverse_sweep(cols: Columns, root: int) -> Sweep:
     lo = closure_start(cols, root)
     m = hi - lo
     level = cols.level[lo:hi]
-    inner = (level > 0) & _DIFFERENTIABLE[cols.op[lo:hi]]
-    pos = np.flatnonzero(inner)                 # interval positions of non-leaf rows
-    p0 = np.zeros(m)
-    p1 = np.zeros(m)
-    p0[pos], p1[pos] = local_partials(cols, pos + lo)
-    # operands as absolute rows, the sink where a slot holds no operand (or a leaf row)
-    t0 = cols.a0[lo:hi].astype(np.int64)
-    t1 = cols.a1[lo:hi].astype(np.int64)
-    t0[(t0 < 0) | ~inner] = sink
-    t1[(t1 < 0) | ~inner] = sink
+    op = cols.op[lo:hi]
+    a0 = cols.a0[lo:hi]                         # leaves hold -1 in both operand slots
+    a1 = cols.a1[lo:hi]
+    inner = level > 0
+    if not _DIFFERENTIABLE[op].all():           # rows without partials: no edges
+        inner &= _DIFFERENTIABLE[op]
+        a0 = np.where(inner, a0, -1)
+        a1 = np.where(inner, a1, -1)
 
-    # rows of narrow levels may form chains worth folding; other rows go level by level
-    width = np.bincount(level[pos])
-    cand = pos[width[level[pos]] <= _NARROW]
-    chains_at: dict[int, list[_Chain]] = {}
-    has_consumer = np.zeros(m + 1, bool)        # last slot: operands outside the interval
-    if cand.size >= _MIN_RUN:
-        local0 = np.where((t0 >= lo) & (t0 < hi), t0 - lo, m)
-        local1 = np.where((t1 >= lo) & (t1 < hi), t1 - lo, m)
-        fan = np.bincount(local0, minlength=m + 1) + np.bincount(local1, minlength=m + 1)
-        has_consumer = fan > 0
-        in_chain = np.zeros(m, bool)
-        for cpos, on0 in _find_chains(cand, fan, local0, local1):
-            in_chain[cpos] = True
-            chain = _chain(lo, cpos, on0, t0, t1, p0, p1, sink)
-            chains_at.setdefault(int(level[cpos[-1]]), []).append(chain)
-        pos = pos[~in_chain[pos]]
-    else:
-        for t in (t0, t1):
-            has_consumer[np.where((t >= lo) & (t < hi), t - lo, m)] = True
-    dangling = inner & ~has_consumer[:m]
-    dangling[m - 1] = False                     # the root
+    # rows with no consumer in the interval (besides the root) do not reach the root
+    consumed = np.zeros(hi + 1, bool)           # slot hi (index -1): the "no operand" mark
+    consumed[a0] = True
+    consumed[a1] = True
+    dangling = inner & ~consumed[lo:hi]
+    dangling[m - 1] = False
     reach = None
     if dangling.any():   # some rows do not reach the root: carry an ancestor mask
         reach = np.zeros(hi + 1, bool)
         reach[root] = True
 
-    # level groups, highest first: positions sorted by level, each group a slice
+    # rows of narrow levels may form chains worth folding; other rows go level by level
+    width = np.bincount(level)
+    narrow = width <= _NARROW
+    narrow[0] = False
+    chains_at: dict[int, list[_Chain]] = {}
+    keep = inner
+    if narrow.any():
+        is_cand = narrow[level] & inner
+        cand = np.flatnonzero(is_cand)
+        if cand.size >= _MIN_RUN:
+            fan = _consumer_counts(is_cand, a0, a1, lo, m)
+            keep = inner.copy()
+            for cpos, on0 in _find_chains(cand, fan, a0, a1, lo):
+                keep[cpos] = False
+                chain = _chain(cols, cpos + lo, on0)
+                chains_at.setdefault(int(level[cpos[-1]]), []).append(chain)
+    pos = np.flatnonzero(keep)
+
+    # level groups, highest first: rows sorted by level; each group is a slice
     keys = level[pos]
     top = int(keys.max()) if keys.size else 0
     order = pos[np.argsort((top - keys).astype(np.uint16 if top < 1 << 16 else np.int64),
                            kind="stable")]
     skeys = level[order]
-    first = np.flatnonzero(np.diff(skeys)) + 1
-    starts = [0] + first.tolist()
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(skeys)) + 1))
     group_keys = skeys[starts].tolist() if skeys.size else []
-    groups = dict(zip(group_keys, zip(starts, starts[1:] + [skeys.size])))
-    keys_desc = sorted(set(group_keys) | set(chains_at), reverse=True)
+    groups = dict(zip(group_keys, zip(starts.tolist(),
+                                      np.append(starts[1:], skeys.size).tolist())))
+    rows = order + lo
+    p0, p1 = local_partials(cols, rows)
+    slots = ((a0[order].astype(np.int64), p0), (a1[order].astype(np.int64), p1))
 
     with np.errstate(all="ignore"):
-        for k in keys_desc:
+        for k in sorted(set(group_keys) | set(chains_at), reverse=True):
             for chain in chains_at.get(k, ()):
                 seq = np.empty(chain.links.size + 1)
                 seq[0] = adj[chain.rows[-1]]
@@ -243,20 +271,30 @@ def reverse_sweep(cols: Columns, root: int) -> Sweep:
                 _scatter(adj, reach, chain.cons, chain.tgt, chain.part)
             if k in groups:
                 s, e = groups[k]
-                idx = order[s:e]
-                c = idx + lo
-                _scatter(adj, reach, c, t0[idx], p0[idx])
-                _scatter(adj, reach, c, t1[idx], p1[idx])
+                c = rows[s:e]
+                g = adj[c]
+                if reach is not None:
+                    live = reach[c]
+                    g[~live] = 0.0
+                for tgt, part in slots:
+                    t = tgt[s:e]
+                    w = part[s:e] * g
+                    if reach is not None:
+                        w[~live] = 0.0
+                        reach[t[live]] = True
+                    np.add.at(adj, t, w)
 
     if reach is not None:
         inner &= reach[lo:hi]
     # leaf ancestors: leaves of the interval (adding a zero adjoint is harmless) and
     # leaves before it that some non-leaf row of the interval reads
+    edges = [(rows, tgt) for tgt, _ in slots]
+    edges += [(c.cons, c.tgt) for cs in chains_at.values() for c in cs]
     before = []
-    for t in (t0, t1):
-        use = t < lo
+    for c, t in edges:
+        use = (t >= 0) & (t < lo)
         if reach is not None:
-            use &= reach[lo:hi]
+            use &= reach[c]
         before.append(t[use])
     leaves = np.concatenate([np.unique(np.concatenate(before)),
                              np.flatnonzero(level == 0) + lo])
