@@ -5,7 +5,7 @@ vectorized reverse sweep over integer opcodes.
 """
 
 from .engine import Value
-from .tape import ResetTapeError, Tape, current_tape
+from .tape import ResetTapeError, Tape, current_tape, scope
 
-__all__ = ["Value", "Tape", "current_tape", "ResetTapeError"]
+__all__ = ["Value", "Tape", "current_tape", "scope", "ResetTapeError"]
 __version__ = "0.1.0"

@@ -8,7 +8,16 @@ holds only its tape and its row; the data, the gradient and the graph live on th
 from __future__ import annotations
 
 from . import ops
-from .tape import _Rows, as_number, binary, record_leaf, reflected, register_facade, unary
+from .tape import (
+    Tape,
+    _Rows,
+    as_number,
+    binary,
+    record_leaf,
+    reflected,
+    register_facade,
+    unary,
+)
 
 __all__ = ["Value"]
 
@@ -65,6 +74,16 @@ class Value:
         if not isinstance(text, str):
             raise TypeError(f"label must be a str, got {type(text).__name__}")
         self._tape._labels[self._i] = text
+
+    @property
+    def tape(self) -> Tape:
+        """The tape this Value's row is on."""
+        return Tape._of(self._tape)
+
+    @property
+    def row(self) -> int:
+        """This Value's row on its tape (rows renumber when a tape compacts)."""
+        return self._i
 
     # -- arithmetic: each operator records one row (rules in tapegrad.ops) ------------------
 

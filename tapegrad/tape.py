@@ -26,10 +26,12 @@ public API or the :class:`tapegrad.Value` facade.
 from __future__ import annotations
 
 import array
+import bisect
 import gc
 import itertools
 import numbers
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +40,7 @@ import numpy as np
 from . import _sweep
 from .ops import LEAF, OPS, Op
 
-__all__ = ["Tape", "current_tape", "ResetTapeError"]
+__all__ = ["Tape", "current_tape", "scope", "ResetTapeError"]
 
 _STAGE_ROWS = 4096          # rows staged in Python lists between flushes
 _STAGE_WIDTH = 5            # staged fields per row: opcode, arg0, arg1, const, level
@@ -73,11 +75,13 @@ class _Rows:
         "name", "_n", "_limit", "_v", "_val", "_s", "_flushed", "_cap",
         "_op", "_a0", "_a1", "_c", "_lv", "_low", "_g",
         "_labels", "_links", "_reclaim", "_reclaim_min", "_reclaim_at", "_epoch",
-        "__weakref__",
+        "_scope_names", "_scope_index", "_mark_rows", "_mark_ids", "owner", "__weakref__",
     )
 
-    def __init__(self, name: str, reclaim: bool, reclaim_min_rows: int) -> None:
+    def __init__(self, name: str, reclaim: bool, reclaim_min_rows: int,
+                 owner: Callable[[], Tape | None]) -> None:
         self.name = name
+        self.owner = owner          # weak reference to the public Tape
         self._n = 0                 # rows recorded (flushed + staged)
         self._flushed = 0           # rows already in the NumPy columns
         self._s: list = []          # staged fields of rows _flushed.._n
@@ -91,12 +95,16 @@ class _Rows:
         self._reclaim_min = reclaim_min_rows
         self._reclaim_at = reclaim_min_rows
         self._epoch = 0
+        self._scope_names: list[str] = [""]     # scope id -> path; 0 is "no scope"
+        self._scope_index: dict[str, int] = {"": 0}
+        self._mark_rows: list[int] = [0]        # from this row on ...
+        self._mark_ids: list[int] = [0]         # ... rows belong to this scope
         self._set_limit()
 
     def retire(self) -> None:
         """Free the buffers; later use of this tape's old Values raises ResetTapeError."""
         for slot in _Rows.__slots__:
-            if slot not in ("name", "__weakref__"):
+            if slot not in ("name", "owner", "__weakref__"):
                 object.__delattr__(self, slot)
         self.__class__ = _RetiredRows
 
@@ -206,6 +214,25 @@ class _Rows:
         self.flush()
         return OPS[self._op[i]], int(self._a0[i]), int(self._a1[i]), float(self._c[i])
 
+    # -- name scopes -------------------------------------------------------------------
+
+    def mark_scope(self, path: str) -> None:
+        """Rows recorded from now on belong to scope ``path`` (``""``: none)."""
+        sid = self._scope_index.get(path)
+        if sid is None:
+            sid = self._scope_index[path] = len(self._scope_names)
+            self._scope_names.append(path)
+        if self._mark_rows[-1] == self._n:
+            self._mark_ids[-1] = sid
+        else:
+            self._mark_rows.append(self._n)
+            self._mark_ids.append(sid)
+
+    def scope_ids(self) -> np.ndarray:
+        """Scope id of every row (index into ``_scope_names``)."""
+        starts = np.array(self._mark_rows + [self._n], np.int64)
+        return np.repeat(np.array(self._mark_ids, np.int32), np.diff(starts))
+
     # -- whole-column views -----------------------------------------------------------
 
     def columns(self) -> _sweep.Columns:
@@ -251,6 +278,7 @@ class _Rows:
         self.flush()
         cls = _facade
         facades = [o for o in gc.get_objects() if type(o) is cls and o._tape is self]
+        n = self._n
         live = np.fromiter((f._i for f in facades), dtype=np.int64, count=len(facades))
         cols = self.columns()
         keep = _sweep.reachable(cols, live)
@@ -261,6 +289,11 @@ class _Rows:
             f._i = r
         self._labels = {int(new_index[r]): s for r, s in self._labels.items() if keep[r]}
         self._links = {leaf: int(new_index[r]) for leaf, r in self._links.items() if keep[r]}
+        kept_before = np.concatenate(([0], np.cumsum(keep)))
+        marks: dict[int, int] = {}
+        for r, sid in zip(self._mark_rows, self._mark_ids):
+            marks[int(kept_before[min(r, n)])] = sid     # later marks at a row win
+        self._mark_rows, self._mark_ids = list(marks), list(marks.values())
         self._epoch += 1
         self._reclaim_at = max(self._reclaim_min, 2 * kept)
         self._set_limit()
@@ -328,7 +361,18 @@ class Tape:
         self.name = name if name is not None else f"tape-{next(_names)}"
         self.reclaim = bool(reclaim)
         self.reclaim_min_rows = reclaim_min_rows
-        self._rows = _Rows(self.name, self.reclaim, reclaim_min_rows)
+        self._rows = _Rows(self.name, self.reclaim, reclaim_min_rows, weakref.ref(self))
+
+    @classmethod
+    def _of(cls, rows: _Rows) -> Tape:
+        """The public Tape of ``rows`` (a new handle if the original was dropped)."""
+        tape = rows.owner()
+        if tape is None:
+            tape = cls.__new__(cls)
+            tape.name, tape.reclaim = rows.name, rows._reclaim
+            tape.reclaim_min_rows, tape._rows = rows._reclaim_min, rows
+            rows.owner = weakref.ref(tape)
+        return tape
 
     # -- context ----------------------------------------------------------------------
 
@@ -353,7 +397,7 @@ class Tape:
     def reset(self) -> None:
         """Free every row. Values recorded before raise :class:`ResetTapeError` when used."""
         self._rows.retire()
-        self._rows = _Rows(self.name, self.reclaim, self.reclaim_min_rows)
+        self._rows = _Rows(self.name, self.reclaim, self.reclaim_min_rows, weakref.ref(self))
 
     def compact(self) -> int:
         """Drop the rows no live Value can reach, renumber the rest; returns rows freed.
@@ -409,6 +453,31 @@ class Tape:
         """The label given to ``row`` (``""`` when none)."""
         return self._rows._labels.get(row, "")
 
+    @property
+    def labels(self) -> dict[int, str]:
+        """Labels by row (a copy)."""
+        return dict(self._rows._labels)
+
+    @property
+    def scope_ids(self) -> np.ndarray:
+        """Name-scope id of every row; ``scope_names[id]`` is its path, ``""`` for none."""
+        ids = self._rows.scope_ids()
+        ids.flags.writeable = False
+        return ids
+
+    @property
+    def scope_names(self) -> tuple[str, ...]:
+        """Scope paths by id (``"layer1/neuron3"``); id 0 is ``""``, outside any scope."""
+        return tuple(self._rows._scope_names)
+
+    def scope_of(self, row: int) -> str:
+        """The scope path ``row`` was recorded in (``""`` when none)."""
+        rows = self._rows
+        if not 0 <= row < rows._n:
+            raise IndexError(f"row {row} is not on tape {self.name!r} ({rows._n} rows)")
+        k = bisect.bisect_right(rows._mark_rows, row) - 1
+        return rows._scope_names[rows._mark_ids[k]]
+
 
 # ---------------------------------------------------------------------------------------
 # the current tape of each thread
@@ -417,6 +486,7 @@ class Tape:
 class _ThreadState(threading.local):
     def __init__(self) -> None:
         self.stack: list[Tape] = []
+        self.scope = ""
         thread = threading.current_thread()
         name = "default" if thread is threading.main_thread() else f"default[{thread.name}]"
         self.default = Tape(name, reclaim=True)
@@ -433,6 +503,35 @@ def current_tape() -> Tape:
     """The tape ops record on in this thread: the innermost ``with Tape()`` or the default."""
     stack = _state.stack
     return stack[-1] if stack else _state.default
+
+
+class scope:
+    """Name the rows recorded inside, on the current tape: ``with scope("layer1"): ...``.
+
+    Scopes nest into paths (``"layer1/neuron3"``); pictures draw them as clusters and
+    dumps show them after each row. ``tapegrad.nn`` modules open one per layer and
+    neuron. Rows recorded on another tape while a scope is open are not marked.
+    """
+
+    __slots__ = ("name", "_rows", "_outer")
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"scope name must be a non-empty str, got {name!r}")
+        self.name = name
+
+    def __enter__(self) -> scope:
+        state = _state
+        self._outer = outer = state.scope
+        path = f"{outer}/{self.name}" if outer else self.name
+        state.scope = path
+        self._rows = _current_rows()
+        self._rows.mark_scope(path)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _state.scope = self._outer
+        self._rows.mark_scope(self._outer)
 
 
 def _current_rows() -> _Rows:

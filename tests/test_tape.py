@@ -213,3 +213,54 @@ def test_reset_frees_rows():
         x.backward()
     del x
     gc.collect()
+
+
+# --------------------------------------------------------------------------------------
+# name scopes and public handles
+# --------------------------------------------------------------------------------------
+
+
+def test_scopes_mark_rows_with_nested_paths():
+    from tapegrad import scope
+
+    with Tape("scoped") as t:
+        a = Value(1.0)
+        with scope("layer1"):
+            b = a * 2
+            with scope("neuron0"):
+                c = b + 1
+            d = c * c
+        e = d - 1
+    assert t.scope_names == ("", "layer1", "layer1/neuron0")
+    assert t.scope_ids.tolist() == [0, 1, 2, 1, 0]
+    assert [t.scope_of(v.row) for v in (a, b, c, d, e)] == [
+        "", "layer1", "layer1/neuron0", "layer1", ""]
+    with pytest.raises(IndexError, match="row 9 is not on tape 'scoped'"):
+        t.scope_of(9)
+    with pytest.raises(TypeError, match="scope name must be a non-empty str"):
+        scope("")
+
+
+def test_scopes_survive_compaction():
+    from tapegrad import scope
+
+    with Tape() as t:
+        junk = [Value(float(k)) * 2 for k in range(100)]
+        with scope("kept"):
+            x = Value(3.0)
+            y = x * x
+        del junk
+        t.compact()
+    assert t.scope_of(y.row) == "kept" and t.scope_of(x.row) == "kept"
+    assert y.data == 9.0
+
+
+def test_value_exposes_its_tape_and_row():
+    t = Tape("handles")
+    with t:
+        v = Value(2.0) * 3
+    assert v.tape is t and v.row == 1
+    del t
+    gc.collect()
+    handle = v.tape                     # a new handle on the same rows
+    assert handle.name == "handles" and len(handle) == 2 and handle.values[1] == 6.0
