@@ -26,6 +26,7 @@ The reverse sweep (``docs/design.md`` has the picture):
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import NamedTuple
 
 import numpy as np
@@ -37,6 +38,30 @@ _NARROW = 16          # levels with at most this many rows are candidates for fo
 _MIN_RUN = 8          # shorter chains stay in the level groups
 
 _DIFFERENTIABLE = np.array([op.partials is not None for op in OPS])
+
+
+class Timing:
+    """Where one sweep spent its time; filled only when a profiler asks for it.
+
+    ``phases`` maps phase name to seconds, ``ops`` maps op name to ``[rows, seconds]``
+    spent on its partials, ``groups`` lists ``(level, rows, seconds)`` per level group.
+    """
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self.ops: dict[str, list] = {}
+        self.groups: list[tuple[int, int, float]] = []
+        self._last = perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = perf_counter()
+        self.phases[phase] = self.phases.get(phase, 0.0) + now - self._last
+        self._last = now
+
+    def op(self, name: str, rows: int, seconds: float) -> None:
+        entry = self.ops.setdefault(name, [0, 0.0])
+        entry[0] += rows
+        entry[1] += seconds
 
 
 class Columns(NamedTuple):
@@ -91,7 +116,8 @@ def operand_values(cols: Columns, rows: np.ndarray, arity: int) -> tuple[np.ndar
     return x, y
 
 
-def local_partials(cols: Columns, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def local_partials(cols: Columns, rows: np.ndarray,
+                   timing: Timing | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``d row / d arg0`` and ``d row / d arg1`` for each of ``rows`` (0 where unused)."""
     op = cols.op[rows]
     p0 = np.zeros(rows.size)
@@ -106,6 +132,7 @@ def local_partials(cols: Columns, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
             rule = OPS[sorted_op[s]]
             if rule.partials is None:
                 continue
+            start = perf_counter() if timing is not None else 0.0
             idx = by_op[s:e]
             sel = rows[idx]
             x = y = out = None
@@ -117,6 +144,8 @@ def local_partials(cols: Columns, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
             p0[idx] = d0
             if rule.arity == 2:
                 p1[idx] = d1
+            if timing is not None:
+                timing.op(rule.name, e - s, perf_counter() - start)
     return p0, p1
 
 
@@ -193,11 +222,12 @@ class Sweep(NamedTuple):
     leaves: np.ndarray    # leaf rows whose adjoint to add, sorted, each once
 
 
-def reverse_sweep(cols: Columns, root: int) -> Sweep:
+def reverse_sweep(cols: Columns, root: int, timing: Timing | None = None) -> Sweep:
     """Adjoints of every row that reaches ``root`` (seeded with 1 at ``root``).
 
     ``adj`` and ``reach`` carry one slot past the root: operand ``-1`` (an immediate
     or an unused slot) indexes it, so edges never need masking; it collects garbage.
+    ``timing``, when given, receives the time per phase, per op and per level group.
     """
     hi = root + 1
     adj = np.zeros(hi + 1)
@@ -205,6 +235,8 @@ def reverse_sweep(cols: Columns, root: int) -> Sweep:
     if cols.level[root] == 0:
         return Sweep(adj, root, np.zeros(1, bool), np.array([root]))
     lo = closure_start(cols, root)
+    if timing is not None:
+        timing.lap("interval")
     m = hi - lo
     level = cols.level[lo:hi]
     op = cols.op[lo:hi]
@@ -256,11 +288,16 @@ def reverse_sweep(cols: Columns, root: int) -> Sweep:
     groups = dict(zip(group_keys, zip(starts.tolist(),
                                       np.append(starts[1:], skeys.size).tolist())))
     rows = order + lo
-    p0, p1 = local_partials(cols, rows)
+    if timing is not None:
+        timing.lap("schedule")
+    p0, p1 = local_partials(cols, rows, timing)
     slots = ((a0[order].astype(np.int64), p0), (a1[order].astype(np.int64), p1))
+    if timing is not None:
+        timing.lap("partials")
 
     with np.errstate(all="ignore"):
         for k in sorted(set(group_keys) | set(chains_at), reverse=True):
+            start = perf_counter() if timing is not None else 0.0
             for chain in chains_at.get(k, ()):
                 seq = np.empty(chain.links.size + 1)
                 seq[0] = adj[chain.rows[-1]]
@@ -283,6 +320,13 @@ def reverse_sweep(cols: Columns, root: int) -> Sweep:
                         w[~live] = 0.0
                         reach[t[live]] = True
                     np.add.at(adj, t, w)
+            if timing is not None:
+                size = sum(c.rows.size for c in chains_at.get(k, ()))
+                if k in groups:
+                    size += groups[k][1] - groups[k][0]
+                timing.groups.append((k, size, perf_counter() - start))
+    if timing is not None:
+        timing.lap("levels")
 
     if reach is not None:
         inner &= reach[lo:hi]
@@ -298,6 +342,8 @@ def reverse_sweep(cols: Columns, root: int) -> Sweep:
         before.append(t[use])
     leaves = np.concatenate([np.unique(np.concatenate(before)),
                              np.flatnonzero(level == 0) + lo])
+    if timing is not None:
+        timing.lap("leaves")
     return Sweep(adj, lo, inner, leaves)
 
 
