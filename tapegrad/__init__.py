@@ -4,8 +4,11 @@ Every scalar op is one row of a structure-of-arrays tape; ``backward()`` is a
 vectorized reverse sweep over integer opcodes.
 """
 
+from ._plan import GuardError
 from .engine import Value
+from .function import Function
 from .tape import ResetTapeError, Tape, current_tape, scope
 
-__all__ = ["Value", "Tape", "current_tape", "scope", "ResetTapeError"]
+__all__ = ["Value", "Tape", "Function", "current_tape", "scope", "ResetTapeError",
+           "GuardError"]
 __version__ = "0.1.0"

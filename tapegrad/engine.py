@@ -13,6 +13,7 @@ from .tape import (
     _Rows,
     as_number,
     binary,
+    compare,
     record_leaf,
     reflected,
     register_facade,
@@ -109,6 +110,14 @@ class Value:
     abs = __abs__
     sin = unary(ops.SIN)
     cos = unary(ops.COS)
+
+    # -- comparisons: Python bools, recorded as guards a replay checks ---------------------
+
+    __lt__ = compare(ops.LT)
+    __le__ = compare(ops.LE)
+    __gt__ = compare(ops.GT)
+    __ge__ = compare(ops.GE)
+    __hash__ = object.__hash__   # identity, as in micrograd (== stays identity too)
 
     def pow(self, k: Value | float) -> Value:
         """``self ** k`` (micrograd's spelling in some notebooks)."""

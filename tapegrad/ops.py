@@ -126,10 +126,25 @@ SIN = Op(14, "sin", "sin", 1, _unary(math.sin), lambda x, y: np.sin(x),
 COS = Op(15, "cos", "cos", 1, _unary(math.cos), lambda x, y: np.cos(x),
          lambda x, y, out: (-np.sin(x), 0.0), "x")
 
+# Comparisons are guards: the facade returns a Python bool and records the outcome
+# (1.0 / 0.0) so that a replay can check that the program would take the same branch.
+# They have no partials: nothing is differentiated through a comparison.
+LT = Op(16, "lt", "<", 2, lambda x, y: float(x < y),
+        lambda x, y: np.less(x, y).astype(np.float64), None, "")
+LE = Op(17, "le", "<=", 2, lambda x, y: float(x <= y),
+        lambda x, y: np.less_equal(x, y).astype(np.float64), None, "")
+GT = Op(18, "gt", ">", 2, lambda x, y: float(x > y),
+        lambda x, y: np.greater(x, y).astype(np.float64), None, "")
+GE = Op(19, "ge", ">=", 2, lambda x, y: float(x >= y),
+        lambda x, y: np.greater_equal(x, y).astype(np.float64), None, "")
+
 OPS: tuple[Op, ...] = (LEAF, ADD, SUB, MUL, DIV, POW, NEG, RELU, TANH, SIGMOID,
-                       EXP, LOG, SQRT, ABS, SIN, COS)
+                       EXP, LOG, SQRT, ABS, SIN, COS, LT, LE, GT, GE)
 """Every op, indexed by its code."""
 
 BY_NAME: dict[str, Op] = {op.name: op for op in OPS}
+
+GUARDS = frozenset(op.code for op in (LT, LE, GT, GE))
+"""Codes of the comparison ops."""
 
 assert all(op.code == i for i, op in enumerate(OPS)), "op codes must equal their position"

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _stats, _sweep
+from . import _plan, _stats, _sweep
 from .ops import LEAF, OPS, Op
 
 __all__ = ["Tape", "current_tape", "scope", "ResetTapeError"]
@@ -77,7 +77,7 @@ class _Rows:
         "_op", "_a0", "_a1", "_c", "_lv", "_low", "_g",
         "_labels", "_links", "_reclaim", "_reclaim_min", "_reclaim_at", "_epoch",
         "_scope_names", "_scope_index", "_mark_rows", "_mark_ids", "_dropped", "owner",
-        "__weakref__",
+        "_plans", "_replayed", "_link_groups", "__weakref__",
     )
 
     def __init__(self, name: str, reclaim: bool, reclaim_min_rows: int,
@@ -102,6 +102,9 @@ class _Rows:
         self._mark_rows: list[int] = [0]        # from this row on ...
         self._mark_ids: list[int] = [0]         # ... rows belong to this scope
         self._dropped = 0                       # rows freed by compaction so far
+        self._plans: dict[Any, Any] = {}        # compiled plans, by (kind, epoch, ...)
+        self._replayed = False                  # forward() ran: backward uses plans too
+        self._link_groups: list | None = None   # _links grouped by home, built on demand
         self._set_limit()
         _all_rows.add(self)
 
@@ -187,13 +190,37 @@ class _Rows:
         if row is None:
             row = self.append(LEAF.code, -1, -1, 0.0, value, 0)
             self._links[leaf] = row
+            self._link_groups = None
         else:
             self._v[row] = value    # mirror the leaf's current data, as micrograd reads it
         return row
 
-    def refresh_links(self) -> None:
+    def _links_by_home(self) -> list[tuple[_Rows, np.ndarray, np.ndarray]]:
+        """Links grouped by home tape: (home rows object, rows here, rows there).
+
+        Cached until a link is added here or a home tape renumbers its rows.
+        """
+        cached = self._link_groups
+        if cached is not None and all(home._epoch == epoch for home, epoch, *_ in cached):
+            return [(home, here, there) for home, _, here, there in cached]
+        groups: dict[int, tuple[_Rows, list[int], list[int]]] = {}
         for leaf, row in self._links.items():
-            self._v[row] = leaf._tape.value(leaf._i)
+            home = leaf._tape
+            entry = groups.get(id(home))
+            if entry is None:
+                entry = groups[id(home)] = (home, [], [])
+            entry[1].append(row)
+            entry[2].append(leaf._i)
+        self._link_groups = [(home, home._epoch, np.array(here, np.int64),
+                              np.array(there, np.int64)) for home, here, there in groups.values()]
+        return [(home, here, there) for home, _, here, there in self._link_groups]
+
+    def refresh_links(self) -> None:
+        """Copy the current data of linked leaves into their mirror rows here."""
+        if self._links:
+            for home, here, there in self._links_by_home():
+                home.check_alive()
+                self._val[here] = home._val[there]
 
     # -- element access ---------------------------------------------------------------
 
@@ -265,20 +292,75 @@ class _Rows:
         start = time.perf_counter()
         self.refresh_links()
         cols = self.columns()
-        adj, lo, inner, leaves = _sweep.reverse_sweep(cols, root, timing)
         g = self._g
-        hi = root + 1
-        g[lo:hi][inner] = adj[lo:hi][inner]
-        g[leaves] += adj[leaves]
-        for leaf, row in self._links.items():
-            k = int(np.searchsorted(leaves, row))
-            if k < leaves.size and leaves[k] == row:
-                # a mirrored leaf: its home row accumulates, the mirror holds this call's share
-                g[row] = adj[row]
-                home = leaf._tape
-                home.set_grad(leaf._i, home.grad(leaf._i) + float(adj[row]))
+        key = ("backward", self._epoch, root)
+        if self._replayed or key in self._plans:
+            entry = self._plans.get(key) or self._backward_plan(cols, root)
+            plan, back, inner, leaves = entry
+            values = plan.new_values()
+            values[: plan.rows.size] = cols.value[plan.rows]
+            adj = back.run(values, timing)
+            g[inner] = adj[back.rows]
+            g[leaves] += adj[plan.leaves]
+            rows_swept = plan.rows.size
+
+            def adjoint(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                at = np.minimum(np.searchsorted(plan.rows, rows), plan.rows.size - 1)
+                found = plan.rows[at] == rows
+                return found, adj[at[found]]
+        else:
+            sweep = _sweep.reverse_sweep(cols, root, timing)
+            lo, hi = sweep.lo, root + 1
+            g[lo:hi][sweep.inner] = sweep.adj[lo:hi][sweep.inner]
+            g[sweep.leaves] += sweep.adj[sweep.leaves]
+            rows_swept = root + 1 - lo
+            leaves = sweep.leaves
+
+            def adjoint(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                found = np.isin(rows, sweep.leaves)
+                return found, sweep.adj[rows[found]]
+        if self._links:
+            # a mirrored leaf: its home row accumulates, the mirror holds this call's share
+            for home, here, there in self._links_by_home():
+                found, share = adjoint(here)
+                g[here[found]] = share
+                np.add.at(home._g, there[found], share)
         if probe is not None:
-            probe.on_backward(self.name, root + 1 - lo, time.perf_counter() - start, timing)
+            probe.on_backward(self.name, rows_swept, time.perf_counter() - start, timing)
+
+    def _backward_plan(self, cols: _sweep.Columns, root: int) -> tuple:
+        """Compiled backward for ``root``: (plan, schedule, tape rows of its non-leaf
+        rows and of its leaves), cached until the tape renumbers its rows."""
+        rows = np.flatnonzero(_plan.ancestors(cols, np.array([root])))
+        plan = _plan.Plan.build(cols, rows, np.empty(0, np.int64))
+        back = _plan.Backward(plan, int(plan.local(np.array([root]))[0]))
+        entry = (plan, back, plan.rows[back.rows], plan.rows[plan.leaves])
+        self._plans = {k: v for k, v in self._plans.items() if k[1] == self._epoch}
+        self._plans[("backward", self._epoch, root)] = entry
+        return entry
+
+    def forward(self) -> None:
+        """Recompute every non-leaf row from the current leaf values, in place."""
+        probe = _probes[-1] if _probes else None
+        timing = _sweep.Timing() if probe is not None else None
+        start = time.perf_counter()
+        self.refresh_links()
+        cols = self.columns()
+        n = self._n
+        key = ("forward", self._epoch, n)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = _plan.Plan.build(cols, np.arange(n), np.empty(0, np.int64))
+            self._plans = {k: v for k, v in self._plans.items()
+                           if k[0] != "forward" and k[1] == self._epoch}
+            self._plans[key] = plan
+        values = plan.new_values()
+        values[:n] = self._val[:n]
+        plan.run(values, self._labels, timing)
+        self._val[plan.evaluated] = values[plan.evaluated]
+        self._replayed = True
+        if probe is not None and hasattr(probe, "on_replay"):
+            probe.on_replay(self.name, n, time.perf_counter() - start, timing)
 
     # -- reclaiming rows no live Value can reach -----------------------------------------
 
@@ -304,6 +386,7 @@ class _Rows:
             f._i = r
         self._labels = {int(new_index[r]): s for r, s in self._labels.items() if keep[r]}
         self._links = {leaf: int(new_index[r]) for leaf, r in self._links.items() if keep[r]}
+        self._link_groups = None
         kept_before = np.concatenate(([0], np.cumsum(keep)))
         marks: dict[int, int] = {}
         for r, sid in zip(self._mark_rows, self._mark_ids):
@@ -421,6 +504,20 @@ class Tape:
         """Free every row. Values recorded before raise :class:`ResetTapeError` when used."""
         self._rows.retire()
         self._rows = _Rows(self.name, self.reclaim, self.reclaim_min_rows, weakref.ref(self))
+
+    def forward(self) -> None:
+        """Replay: recompute every non-leaf row from the current leaf values, in place.
+
+        Leaf values are whatever ``Value.data`` holds now (an optimizer step, new
+        inputs), including leaves of other tapes linked into this one. Afterwards
+        ``.data`` of every Value and ``backward()`` behave as if the recorded code had
+        run again. Raises :class:`tapegrad.GuardError` if a recorded comparison would
+        come out differently: the recording no longer describes the program.
+
+        The first call compiles a plan (levels, folded sum and product chains); later
+        calls reuse it while the tape's rows stay the same.
+        """
+        self._rows.forward()
 
     def compact(self) -> int:
         """Drop the rows no live Value can reach, renumber the rest; returns rows freed.
@@ -841,6 +938,20 @@ def unary(op: Op) -> Callable[[Any], Any]:
 
     method.__name__ = op.name
     method.__doc__ = f"Record ``{op.name}(self)`` as one row."
+    return method
+
+
+def compare(op: Op) -> Callable[[Any, Any], bool]:
+    """The facade method ``a < b`` (etc.): records the outcome as a guard row, returns a bool."""
+    record = binary(op)
+
+    def method(a, b):
+        out = record(a, b)
+        return out._tape.value(out._i) != 0.0
+
+    method.__name__ = f"__{op.name}__"
+    method.__doc__ = (f"``self {op.symbol} other`` as a bool, recorded as a guard that a "
+                      "replay checks.")
     return method
 
 

@@ -26,6 +26,10 @@ SAMPLES = {
     "abs": [(0.3, 0.0), (-2.5, 0.0)],
     "sin": [(0.3, 0.0), (-2.5, 0.0)],
     "cos": [(0.3, 0.0), (-2.5, 0.0)],
+    "lt": [(0.3, -1.7), (-2.5, 4.0), (1.0, 1.0)],
+    "le": [(0.3, -1.7), (-2.5, 4.0), (1.0, 1.0)],
+    "gt": [(0.3, -1.7), (-2.5, 4.0), (1.0, 1.0)],
+    "ge": [(0.3, -1.7), (-2.5, 4.0), (1.0, 1.0)],
 }
 
 # How the facade applies each op to Values (or to a number on one side).
@@ -45,9 +49,15 @@ APPLY = {
     "abs": lambda x, y: abs(x),
     "sin": lambda x, y: x.sin(),
     "cos": lambda x, y: x.cos(),
+    "lt": lambda x, y: x < y,
+    "le": lambda x, y: x <= y,
+    "gt": lambda x, y: x > y,
+    "ge": lambda x, y: x >= y,
 }
 
 COMPUTING = [op for op in OPS if op.forward is not None]
+DIFFERENTIABLE = [op for op in COMPUTING if op.partials is not None]
+GUARDS = [op for op in COMPUTING if op.partials is None]
 
 
 def central_difference(f, x, h):
@@ -72,7 +82,7 @@ def test_scalar_rule_equals_vectorized_rule(op: Op):
         assert op.scalar(x, y) == pytest.approx(vec[k], rel=1e-15, abs=0)
 
 
-@pytest.mark.parametrize("op", COMPUTING, ids=lambda op: op.name)
+@pytest.mark.parametrize("op", DIFFERENTIABLE, ids=lambda op: op.name)
 def test_partials_match_central_differences(op: Op):
     for x, y in SAMPLES[op.name]:
         out = op.forward(np.float64(x), np.float64(y))
@@ -86,7 +96,7 @@ def test_partials_match_central_differences(op: Op):
             assert float(d1) == pytest.approx(fd1, rel=1e-6, abs=1e-9), (op.name, x, y)
 
 
-@pytest.mark.parametrize("op", COMPUTING, ids=lambda op: op.name)
+@pytest.mark.parametrize("op", DIFFERENTIABLE, ids=lambda op: op.name)
 def test_facade_records_op_and_backpropagates(op: Op):
     apply = APPLY[op.name]
     for x, y in SAMPLES[op.name]:
@@ -105,7 +115,8 @@ def test_facade_records_op_and_backpropagates(op: Op):
                 central_difference(lambda s, x=x: op.evaluate(x, s), y, h), rel=1e-6, abs=1e-9)
 
 
-@pytest.mark.parametrize("op", [op for op in COMPUTING if op.arity == 2], ids=lambda op: op.name)
+@pytest.mark.parametrize("op", [op for op in DIFFERENTIABLE if op.arity == 2],
+                         ids=lambda op: op.name)
 def test_binary_op_with_an_immediate_on_either_side_records_one_row(op: Op):
     apply = APPLY[op.name]
     x, y = SAMPLES[op.name][0]
@@ -127,6 +138,23 @@ def test_binary_op_with_an_immediate_on_either_side_records_one_row(op: Op):
     right.backward()
     assert a.grad == pytest.approx(
         central_difference(lambda s: op.evaluate(x, s), x, 1e-6), rel=1e-6)
+
+
+@pytest.mark.parametrize("op", GUARDS, ids=lambda op: op.name)
+def test_comparisons_return_bools_and_record_one_guard_row(op: Op):
+    apply = APPLY[op.name]
+    for x, y in SAMPLES[op.name]:
+        with Tape() as t:
+            a, b = Value(x), Value(y)
+            outcome = apply(a, b)
+            against_number = apply(a, y)
+        assert type(outcome) is bool and outcome == bool(op.evaluate(x, y))
+        assert against_number == outcome
+        assert t.opcodes.tolist() == [0, 0, op.code, op.code]
+        assert t.values[2] == float(outcome)
+        assert t.args.tolist()[3] == [a.row, -1]
+    a.backward()                     # guards do not take part in gradients
+    assert a.grad == 1.0
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,434 @@
+"""Compiled plans: record once, evaluate and differentiate many times.
+
+A :class:`Plan` covers a fixed set of rows of a tape (all of them for
+``Tape.forward()``, the ancestors of some outputs for a ``Function``) and renumbers
+them compactly: *local* row ``i`` is tape row ``rows[i]``; after the rows come one
+local row per distinct immediate constant, then a sink row that absorbs the writes
+of unused operand slots. Values live in an array of shape ``(local rows,)`` for a
+replay of the tape itself, or ``(local rows, B)`` for ``B`` samples at once.
+
+The forward schedule runs level by level (a row's level is 1 + the highest level of
+its operands, so every operand is ready), with three kinds of steps:
+
+* one vectorized kernel per (level, op) over all rows of that op at that level;
+* folded chains: a path of rows where each is the only reader of the one before and
+  all are ``+``/``-`` (or all ``*``) is a running sum (product) of its side terms:
+  chains of the same length ending at the same level become one 2-D
+  ``np.cumsum``/``np.cumprod`` along the chain axis, which adds in the same order as
+  the recording did, so results are bit-identical;
+* guards (recorded comparisons) whose outcome is checked against the recording.
+
+The backward schedule (:class:`Backward`) folds every single-reader chain, whatever
+its ops, into a reversed cumulative product of link partials, and handles the other
+rows one level group at a time with ``np.add.at``, as the eager sweep does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from time import perf_counter
+
+import numpy as np
+
+from .ops import ADD, GUARDS, MUL, OPS, SUB, Op
+
+_SUM_FAMILY = (ADD.code, SUB.code)
+
+
+def _column(a: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """``a`` with trailing unit axes so that it broadcasts against ``like``'s sample axis."""
+    return a.reshape(a.shape + (1,) * (like.ndim - a.ndim))
+
+
+def accumulate(ufunc: np.ufunc, a: np.ndarray) -> np.ndarray:
+    """``ufunc.accumulate(a, axis=0)``: running sums/products down the first axis.
+
+    NumPy's accumulate runs element by element (about 4 ns each here); with many
+    columns, one vectorized call per row is several times faster. Both combine the
+    terms in the same order, so the results are identical.
+    """
+    if a.shape[0] < 2 or a[0].size < 256:
+        return ufunc.accumulate(a, axis=0)
+    out = np.empty_like(a)
+    out[0] = a[0]
+    for j in range(1, a.shape[0]):
+        ufunc(out[j - 1], a[j], out=out[j])
+    return out
+
+
+class GuardError(RuntimeError):
+    """A replay would take a different branch than the recording: a recorded comparison
+    comes out differently with the new values, so the tape no longer describes the
+    program. Record again (or keep the branch fixed)."""
+
+
+def ancestors(cols, outputs: np.ndarray) -> np.ndarray:
+    """Mask of the rows ``outputs`` depend on (themselves included), exactly."""
+    n = cols.op.size
+    mark = np.zeros(n + 1, bool)                # last slot: the -1 operand
+    mark[outputs] = True
+    hi = int(outputs.max()) + 1
+    level = cols.level[:hi]
+    order = np.argsort(-level.astype(np.int64), kind="stable")
+    skeys = level[order]
+    cut = np.flatnonzero(np.diff(skeys)) + 1
+    a0, a1 = cols.a0, cols.a1
+    for group in np.split(order, cut):
+        live = group[mark[group]]
+        if live.size:
+            mark[a0[live]] = True
+            mark[a1[live]] = True
+    return mark[:n]
+
+
+def _chains(link: np.ndarray, pred: np.ndarray) -> list[np.ndarray]:
+    """Paths through ``pred`` links (``pred[i]`` is ``i``'s predecessor or -1), for the
+    rows where ``link`` is true; each path bottom to top, length >= 2."""
+    k = pred.size
+    on = np.flatnonzero(link)
+    if on.size == 0:
+        return []
+    in_path = np.zeros(k, bool)
+    in_path[on] = True
+    in_path[pred[on]] = True
+    members = np.flatnonzero(in_path)
+    # rank by pointer jumping towards the bottom of each path
+    jump = np.where(link, pred, -1)
+    depth = (jump >= 0).astype(np.int64)
+    bottom = np.where(jump >= 0, jump, np.arange(k))
+    active = members[jump[members] >= 0]
+    while active.size:
+        nxt = jump[active]
+        depth[active] += depth[nxt]
+        bottom[active] = bottom[nxt]
+        jump[active] = jump[nxt]
+        active = active[jump[active] >= 0]
+    order = members[np.lexsort((depth[members], bottom[members]))]
+    starts = np.flatnonzero(np.diff(bottom[order])) + 1
+    return [p for p in np.split(order, starts) if p.size >= 2]
+
+
+@dataclass
+class _OpStep:
+    rule: Op
+    out: np.ndarray      # local rows written
+    x: np.ndarray        # local rows of the operands (constants are rows too)
+    y: np.ndarray
+
+
+@dataclass
+class _ChainStep:
+    rule: Op             # ADD (sums) or MUL (products)
+    out: np.ndarray      # (L, G) local rows: chain position (bottom first) x chain
+    terms: np.ndarray    # (L + 1, G) local rows: the bottom's two operands, then sides
+    sign: np.ndarray | None   # (L + 1, G) +-1 for sums with subtractions
+
+
+@dataclass
+class _GuardStep:
+    rule: Op
+    rows: np.ndarray     # local rows of the guards
+    x: np.ndarray
+    y: np.ndarray
+    expect: np.ndarray   # recorded outcomes (1.0 / 0.0)
+
+
+@dataclass
+class Plan:
+    """The forward schedule over a set of tape rows (structure only; see module doc)."""
+
+    rows: np.ndarray                # tape rows covered, ascending (local i -> rows[i])
+    const_values: np.ndarray        # values of the constant rows that follow them
+    x: np.ndarray                   # operand 0 of each local row (local; sink if none)
+    y: np.ndarray                   # operand 1
+    op: np.ndarray                  # opcode of each covered row
+    level: np.ndarray
+    evaluated: np.ndarray           # local rows the plan computes (non-leaf, not given)
+    leaves: np.ndarray              # local rows read from the tape or the caller
+    steps: list = field(repr=False, default_factory=list)
+
+    @property
+    def size(self) -> int:
+        """Local rows including the constants and the sink."""
+        return self.rows.size + self.const_values.size + 1
+
+    @property
+    def sink(self) -> int:
+        return self.size - 1
+
+    def local(self, tape_rows: np.ndarray) -> np.ndarray:
+        """Local rows of tape rows that the plan covers."""
+        return np.searchsorted(self.rows, tape_rows)
+
+    # -- building ---------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, cols, rows: np.ndarray, given: np.ndarray) -> Plan:
+        """Plan computing the non-leaf ``rows`` (tape rows, ascending) from the others.
+
+        ``given`` lists tape rows whose values the caller supplies (inputs); they must
+        be leaves. Every operand of a covered non-leaf row must be covered.
+        """
+        n = rows.size
+        op = cols.op[rows]
+        level = cols.level[rows]
+        a0 = cols.a0[rows].astype(np.int64)
+        a1 = cols.a1[rows].astype(np.int64)
+        binary = np.array([o.arity == 2 for o in OPS])[op]
+        # immediates become constant rows (distinct bit patterns, so -0.0 stays -0.0)
+        needs = binary & ((a0 < 0) | (a1 < 0))
+        consts = cols.const[rows][needs]
+        bits, const_of = np.unique(consts.view(np.int64), return_inverse=True)
+        const_values = bits.view(np.float64)
+        sink = n + const_values.size
+        const_row = np.full(n, sink, np.int64)
+        const_row[needs] = n + const_of
+        local_x = np.searchsorted(rows, a0)
+        local_y = np.searchsorted(rows, a1)
+        x = np.where(a0 >= 0, local_x, np.where(binary, const_row, sink))
+        y = np.where(a1 >= 0, local_y, np.where(binary, const_row, sink))
+        for args in (a0, a1):
+            read = args[args >= 0]
+            covered = np.searchsorted(rows, read)
+            if read.size and not np.array_equal(rows[np.minimum(covered, n - 1)], read):
+                raise ValueError("plan rows must include every operand of the rows they cover")
+        given_local = np.searchsorted(rows, given)
+        is_given = np.zeros(n, bool)
+        is_given[given_local] = True
+        evaluated = np.flatnonzero((level > 0) & ~is_given)
+        leaves = np.flatnonzero((level == 0) | is_given)
+        plan = cls(rows, const_values, x, y, op, level, evaluated, leaves)
+        plan.steps = plan._schedule(cols)
+        return plan
+
+    def _fan(self) -> np.ndarray:
+        fan = np.bincount(self.x[self.evaluated], minlength=self.size)
+        fan += np.bincount(self.y[self.evaluated], minlength=self.size)
+        return fan
+
+    def _forward_chains(self, fan: np.ndarray) -> list[np.ndarray]:
+        """Paths of single-reader ``+``/``-`` rows (sums) and of ``*`` rows (products)."""
+        n = self.rows.size
+        is_eval = np.zeros(self.size, bool)
+        is_eval[self.evaluated] = True
+        op = np.concatenate((self.op, np.zeros(self.size - n, self.op.dtype)))
+        single = is_eval & (fan == 1)
+        paths = []
+        for family in (_SUM_FAMILY, (MUL.code,)):
+            member = is_eval & np.isin(op, family)
+            pred = np.full(self.size, -1, np.int64)
+            # a row continues a path through slot 0, or through slot 1 unless it subtracts
+            for operand, allowed in ((self.x, np.ones(n, bool)), (self.y, self.op != SUB.code)):
+                ok = member[:n] & allowed & (pred[:n] < 0)
+                ok &= member[operand] & single[operand]
+                pred[:n][ok] = operand[ok]
+            paths += _chains(pred >= 0, pred)
+        return paths
+
+    def _schedule(self, cols) -> list:
+        fan = self._fan()
+        steps: dict[int, list] = {}
+        folded = np.zeros(self.size, bool)
+        by_shape: dict[tuple[int, int, int], list[np.ndarray]] = {}
+        for path in self._forward_chains(fan):
+            folded[path] = True
+            family = ADD.code if self.op[path[0]] in _SUM_FAMILY else MUL.code
+            by_shape.setdefault((int(self.level[path[-1]]), path.size, family), []).append(path)
+        for (key, length, family), paths in by_shape.items():
+            out = np.array(paths).T
+            terms = np.empty((length + 1, out.shape[1]), np.int64)
+            sign = np.ones(terms.shape)
+            bottom = out[0]
+            terms[0] = self.x[bottom]
+            terms[1] = self.y[bottom]
+            sign[1] = np.where(self.op[bottom] == SUB.code, -1.0, 1.0)
+            for j in range(1, length):
+                row, prev = out[j], out[j - 1]
+                from_x = self.x[row] == prev
+                terms[j + 1] = np.where(from_x, self.y[row], self.x[row])
+                sign[j + 1] = np.where(self.op[row] == SUB.code, -1.0, 1.0)
+            rule = OPS[family]
+            steps.setdefault(key, []).append(_ChainStep(
+                rule, out, terms, sign if family == ADD.code and (sign < 0).any() else None))
+        rest = self.evaluated[~folded[self.evaluated]]
+        order = rest[np.lexsort((self.op[rest], self.level[rest]))]
+        keys = np.stack([self.level[order], self.op[order]], axis=1)
+        cut = np.flatnonzero(np.any(np.diff(keys, axis=0) != 0, axis=1)) + 1
+        for group in np.split(order, cut) if order.size else []:
+            code = int(self.op[group[0]])
+            rule = OPS[code]
+            key = int(self.level[group[0]])
+            if code in GUARDS:
+                expect = cols.value[self.rows[group]].copy()
+                steps.setdefault(key, []).append(
+                    _GuardStep(rule, group, self.x[group], self.y[group], expect))
+            else:
+                steps.setdefault(key, []).insert(0, _OpStep(rule, group, self.x[group],
+                                                            self.y[group]))
+        return [step for key in sorted(steps) for step in steps[key]]
+
+    # -- running ------------------------------------------------------------------------
+
+    def new_values(self, batch: int | None = None) -> np.ndarray:
+        """A value array, ``(size,)`` or ``(size, batch)``, with the constants filled in."""
+        values = np.empty((self.size,) if batch is None else (self.size, batch))
+        values[self.rows.size: self.sink] = _column(self.const_values, values)
+        values[self.sink] = 0.0
+        return values
+
+    def run(self, values: np.ndarray, labels: dict[int, str] | None = None,
+            timing=None) -> None:
+        """Compute every evaluated row of ``values`` (shape ``(size, B)``) in place.
+
+        Leaf rows must hold their values. Raises :class:`GuardError` at the first
+        guard whose outcome differs from the recording.
+        """
+        with np.errstate(all="ignore"):
+            for step in self.steps:
+                start = perf_counter() if timing is not None else 0.0
+                if type(step) is _OpStep:
+                    values[step.out] = step.rule.forward(values[step.x], values[step.y])
+                elif type(step) is _ChainStep:
+                    terms = values[step.terms]
+                    if step.sign is not None:
+                        terms *= _column(step.sign, terms)
+                    ufunc = np.add if step.rule is ADD else np.multiply
+                    values[step.out] = accumulate(ufunc, terms)[1:]
+                else:
+                    self._check(step, values, labels or {})
+                if timing is not None:
+                    kind = " chains" if type(step) is _ChainStep else ""
+                    timing.op(step.rule.name + kind, step.out.size if type(step) is not
+                              _GuardStep else step.rows.size, perf_counter() - start)
+
+    def _check(self, step: _GuardStep, values: np.ndarray, labels: dict[int, str]) -> None:
+        now = step.rule.forward(values[step.x], values[step.y])
+        differ = now != _column(step.expect, now)
+        if not differ.any():
+            return
+        where = np.argwhere(differ)[0]
+        g = int(where[0])
+        row = int(self.rows[step.rows[g]])
+        label = labels.get(row)
+        named = f" {label!r}" if label else ""
+        sample = f" for sample {int(where[1])}" if now.ndim > 1 else ""
+        now = now[tuple(where)]
+        raise GuardError(
+            f"replay diverged at row {row}{named} ({step.rule.name}: x {step.rule.symbol} y): "
+            f"recorded {bool(step.expect[g])}, now {bool(now)}{sample}. The tape "
+            "no longer describes the program for these values; record it again.")
+
+
+@dataclass
+class _LevelGroup:
+    cons: np.ndarray     # local rows whose adjoints are final at this level
+    p0: np.ndarray       # their partials' indices in the flat (2 * rows) partial array
+    p1: np.ndarray
+    t0: np.ndarray       # their operand rows (sink for none)
+    t1: np.ndarray
+
+
+@dataclass
+class _FoldedChains:
+    rows: np.ndarray     # (L, G) local rows: chain position, top first, x chain
+    links: np.ndarray    # (L - 1, G) flat partial index of each row (top first, not the
+                         # bottom) w.r.t. its predecessor
+    side_cons: np.ndarray  # side edges: consumer rows, operand rows, flat partial index
+    side_tgt: np.ndarray
+    side_part: np.ndarray
+
+
+class Backward:
+    """Reverse schedule of a plan for one output: adjoints of all its rows."""
+
+    def __init__(self, plan: Plan, output: int) -> None:
+        self.plan = plan
+        self.output = output                  # local row
+        diff = np.array([o.partials is not None for o in OPS])
+        rows = plan.evaluated[diff[plan.op[plan.evaluated]]]
+        self.rows = rows                      # local rows with partials, ascending
+        self.by_op = [(OPS[c], rows[at], at) for c in np.unique(plan.op[rows]).tolist()
+                      for at in [np.flatnonzero(plan.op[rows] == c)]]
+        pos = np.full(plan.size, -1, np.int64)
+        pos[rows] = np.arange(rows.size)
+        fan = np.bincount(plan.x[rows], minlength=plan.size)
+        fan += np.bincount(plan.y[rows], minlength=plan.size)
+        has_partials = np.zeros(plan.size, bool)
+        has_partials[rows] = True
+        pred = np.full(plan.size, -1, np.int64)
+        pred_slot = np.zeros(plan.size, np.int64)
+        for slot, operand in ((0, plan.x), (1, plan.y)):
+            cand = has_partials[rows] & (pred[rows] < 0)
+            p = operand[rows]
+            ok = cand & has_partials[p] & (fan[p] == 1) & (p != plan.sink)
+            pred[rows[ok]] = p[ok]
+            pred_slot[rows[ok]] = slot
+        folded = np.zeros(plan.size, bool)
+        key = plan.level
+        self.chains: dict[int, list[_FoldedChains]] = {}
+        by_shape: dict[tuple[int, int], list[np.ndarray]] = {}
+        for path in _chains(pred >= 0, pred):
+            folded[path] = True
+            by_shape.setdefault((int(key[path[-1]]), path.size), []).append(path)
+        n = rows.size                       # partial of row r, slot s: flat index s * n + pos
+        for (k, _), paths in by_shape.items():
+            out = np.array(paths).T[::-1].copy()          # top first
+            upper = out[:-1]
+            side_c, side_t, side_p = [], [], []
+            for slot, operand in ((0, plan.x), (1, plan.y)):
+                use = operand[out] != plan.sink
+                use[:-1] &= pred_slot[upper] != slot
+                side_c.append(out[use])
+                side_t.append(operand[out][use])
+                side_p.append(slot * n + pos[out[use]])
+            self.chains.setdefault(k, []).append(_FoldedChains(
+                out, pred_slot[upper] * n + pos[upper],
+                *map(np.concatenate, (side_c, side_t, side_p))))
+        rest = rows[~folded[rows]]
+        order = rest[np.argsort(-key[rest].astype(np.int64), kind="stable")]
+        cut = np.flatnonzero(np.diff(key[order])) + 1
+        self.groups: dict[int, _LevelGroup] = {}
+        for group in np.split(order, cut) if order.size else []:
+            self.groups[int(key[group[0]])] = _LevelGroup(
+                group, pos[group], n + pos[group], plan.x[group], plan.y[group])
+        self.keys = sorted(set(self.groups) | set(self.chains), reverse=True)
+
+    def partials(self, values: np.ndarray) -> np.ndarray:
+        """Local partials of every row with partials, flat: slot 0 block, then slot 1."""
+        plan = self.plan
+        n = self.rows.size
+        part = np.zeros((2 * n,) + values.shape[1:])
+        with np.errstate(all="ignore"):
+            for rule, sel, at in self.by_op:
+                operands = "x" in rule.reads or "y" in rule.reads
+                x = values[plan.x[sel]] if operands else None
+                y = values[plan.y[sel]] if operands else None
+                out = values[sel] if "o" in rule.reads else None
+                d0, d1 = rule.partials(x, y, out)
+                part[at] = d0
+                if rule.arity == 2:
+                    part[n + at] = d1
+        return part
+
+    def run(self, values: np.ndarray, timing=None) -> np.ndarray:
+        """Adjoints (shaped like ``values``) of every local row, seeded 1 at the output."""
+        part = self.partials(values)
+        adj = np.zeros(values.shape)
+        adj[self.output] = 1.0
+        with np.errstate(all="ignore"):
+            for k in self.keys:
+                start = perf_counter() if timing is not None else 0.0
+                for ch in self.chains.get(k, ()):
+                    seq = np.concatenate((adj[ch.rows[:1]], part[ch.links]), axis=0)
+                    adj[ch.rows] = accumulate(np.multiply, seq)
+                    np.add.at(adj, ch.side_tgt, part[ch.side_part] * adj[ch.side_cons])
+                group = self.groups.get(k)
+                if group is not None:
+                    g = adj[group.cons]
+                    np.add.at(adj, group.t0, part[group.p0] * g)
+                    np.add.at(adj, group.t1, part[group.p1] * g)
+                if timing is not None:
+                    size = sum(ch.rows.size for ch in self.chains.get(k, ()))
+                    size += group.cons.size if group is not None else 0
+                    timing.groups.append((k, size, perf_counter() - start))
+        return adj

@@ -1,0 +1,169 @@
+"""``Function``: a recorded computation as a batched NumPy function of its inputs.
+
+    with Tape():
+        x = [Value(0.0), Value(0.0)]
+        score = model(x)
+    f = Function(inputs=x, outputs=score)
+    f([0.5, -1.0])                       # shape (1,)
+    f(grid)                              # grid (B, 2) -> (B, 1), one vectorized replay
+    values, grads = f.value_and_grad(grid)   # (B,), (B, 2)
+
+Only the rows the outputs depend on are evaluated, plus the comparisons recorded
+before the last output (they decided which ops were recorded) and what those read;
+each comparison is checked for every sample (:class:`tapegrad.GuardError`). Leaves
+that are not inputs (the model's parameters, say) enter at their current ``.data``
+on every call; list them among the inputs to vary them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ._plan import Backward, Plan, ancestors
+from .engine import Value
+from .ops import GUARDS
+
+__all__ = ["Function"]
+
+_CHUNK_BYTES = 64 << 20       # value arrays are evaluated in batches of about this size
+
+
+class Function:
+    """A recorded computation from ``inputs`` (leaf Values) to ``outputs`` (Values)."""
+
+    def __init__(self, inputs: Sequence[Value], outputs: Value | Sequence[Value]) -> None:
+        single = isinstance(outputs, Value)
+        outs = [outputs] if single else list(_sequence(outputs, "outputs"))
+        ins = list(_sequence(inputs, "inputs"))
+        if not outs:
+            raise ValueError("Function needs at least one output")
+        for k, v in enumerate(outs):
+            if not isinstance(v, Value):
+                raise TypeError(f"outputs[{k}] must be a Value, got {type(v).__name__}")
+        tape = outs[0]._tape
+        for k, v in enumerate(outs):
+            if v._tape is not tape:
+                raise ValueError(f"outputs[{k}] is on tape {v._tape.name!r}, outputs[0] on "
+                                 f"{tape.name!r}: all outputs must be on one tape")
+        for k, v in enumerate(ins):
+            if not isinstance(v, Value):
+                raise TypeError(f"inputs[{k}] must be a leaf Value, got {type(v).__name__}")
+            if v._l != 0:
+                raise ValueError(f"inputs[{k}] is not a leaf (it was computed by an op); "
+                                 "inputs must be Values made with Value(x)")
+            if v._tape is not tape and v not in tape._links:
+                raise ValueError(f"inputs[{k}] is not used on tape {tape.name!r}, where the "
+                                 "outputs were recorded")
+        if len({id(v) for v in ins}) != len(ins):
+            raise ValueError("inputs must not repeat a Value")
+        self.inputs = ins
+        self.outputs = outs
+        self.single_output = single
+        self._tape = tape
+        self._epoch: int | None = None
+
+    @property
+    def n_inputs(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.outputs)
+
+    def _compile(self) -> None:
+        """(Re)build the plan if the tape's rows were renumbered since the last call."""
+        t = self._tape
+        t.check_alive()
+        if self._epoch == t._epoch:
+            return
+        cols = t.columns()
+        self._in_rows = np.array([v._i if v._tape is t else t._links[v] for v in self.inputs],
+                                 np.int64)
+        self._out_rows = np.array([v._i for v in self.outputs], np.int64)
+        # the comparisons recorded on the way to the outputs decided which ops ran:
+        # replaying them checks that the recording still describes the program
+        top = int(self._out_rows.max())
+        guards = np.flatnonzero(np.isin(cols.op[:top], list(GUARDS)))
+        needed = ancestors(cols, np.concatenate((self._out_rows, guards)))
+        needed[self._in_rows] = True
+        rows = np.flatnonzero(needed)
+        self._plan = Plan.build(cols, rows, self._in_rows)
+        self._in_local = self._plan.local(self._in_rows)
+        self._out_local = self._plan.local(self._out_rows)
+        self._backward: Backward | None = None
+        self._epoch = t._epoch
+
+    def _batch(self, x: object) -> tuple[np.ndarray, bool]:
+        try:
+            arr = np.asarray(x)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"inputs must be an array of real numbers: {err}") from None
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"inputs must be real numbers, got dtype {arr.dtype}")
+        if arr.ndim == 1 and arr.shape[0] == self.n_inputs:
+            return arr.astype(np.float64)[None, :], True
+        if arr.ndim == 2 and arr.shape[1] == self.n_inputs:
+            return arr.astype(np.float64), False
+        raise ValueError(f"expected shape ({self.n_inputs},) or (B, {self.n_inputs}) for "
+                         f"{self.n_inputs} inputs, got {arr.shape}")
+
+    def _values(self, batch: np.ndarray) -> np.ndarray:
+        plan = self._plan
+        t = self._tape
+        t.refresh_links()
+        values = plan.new_values(batch.shape[0])
+        values[plan.leaves] = t._val[plan.rows[plan.leaves]][:, None]
+        values[self._in_local] = batch.T
+        return values
+
+    def _chunks(self, batch: np.ndarray):
+        step = max(1, _CHUNK_BYTES // (8 * self._plan.size * 3))
+        for start in range(0, batch.shape[0], step):
+            yield batch[start: start + step]
+
+    def __call__(self, x: object) -> np.ndarray:
+        """Outputs for one input vector ``(n_in,) -> (n_out,)`` or a batch ``(B, n_in)``."""
+        self._compile()
+        batch, one = self._batch(x)
+        outs = []
+        for part in self._chunks(batch):
+            values = self._values(part)
+            self._plan.run(values, self._tape._labels)
+            outs.append(values[self._out_local].T)
+        result = np.concatenate(outs) if len(outs) > 1 else outs[0]
+        return result[0] if one else result
+
+    def value_and_grad(self, x: object) -> tuple[np.ndarray | float, np.ndarray]:
+        """Output and its gradient w.r.t. the inputs, per sample (one output only).
+
+        ``(n_in,)`` gives ``(float, (n_in,))``; ``(B, n_in)`` gives ``((B,), (B, n_in))``.
+        """
+        if self.n_outputs != 1:
+            raise ValueError(f"value_and_grad needs a Function with one output, this one has "
+                             f"{self.n_outputs}")
+        self._compile()
+        if self._backward is None:
+            self._backward = Backward(self._plan, int(self._out_local[0]))
+        batch, one = self._batch(x)
+        vals, grads = [], []
+        for part in self._chunks(batch):
+            values = self._values(part)
+            self._plan.run(values, self._tape._labels)
+            adj = self._backward.run(values)
+            vals.append(values[self._out_local[0]])
+            grads.append(adj[self._in_local].T)
+        v = np.concatenate(vals)
+        g = np.concatenate(grads)
+        return (float(v[0]), g[0]) if one else (v, g)
+
+    def __repr__(self) -> str:
+        return (f"Function({self.n_inputs} inputs -> {self.n_outputs} outputs, "
+                f"tape {self._tape.name!r})")
+
+
+def _sequence(obj: object, what: str) -> Sequence:
+    if isinstance(obj, (list, tuple)):
+        return obj
+    raise TypeError(f"{what} must be a list or tuple of Values, got {type(obj).__name__}")
