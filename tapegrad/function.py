@@ -110,12 +110,15 @@ class Function:
                          f"{self.n_inputs} inputs, got {arr.shape}")
 
     def _values(self, batch: np.ndarray) -> np.ndarray:
+        """Value array for ``batch``: ``(size,)`` for one sample (faster), else ``(size, B)``."""
         plan = self._plan
         t = self._tape
         t.refresh_links()
-        values = plan.new_values(batch.shape[0])
-        values[plan.leaves] = t._val[plan.rows[plan.leaves]][:, None]
-        values[self._in_local] = batch.T
+        one = batch.shape[0] == 1
+        values = plan.new_values(None if one else batch.shape[0])
+        leaf_values = t._val[plan.rows[plan.leaves]]
+        values[plan.leaves] = leaf_values if one else leaf_values[:, None]
+        values[self._in_local] = batch[0] if one else batch.T
         return values
 
     def _chunks(self, batch: np.ndarray):
@@ -131,7 +134,7 @@ class Function:
         for part in self._chunks(batch):
             values = self._values(part)
             self._plan.run(values, self._tape._labels)
-            outs.append(values[self._out_local].T)
+            outs.append(np.atleast_2d(values[self._out_local].T))
         result = np.concatenate(outs) if len(outs) > 1 else outs[0]
         return result[0] if one else result
 
@@ -152,8 +155,8 @@ class Function:
             values = self._values(part)
             self._plan.run(values, self._tape._labels)
             adj = self._backward.run(values)
-            vals.append(values[self._out_local[0]])
-            grads.append(adj[self._in_local].T)
+            vals.append(np.atleast_1d(values[self._out_local[0]]))
+            grads.append(np.atleast_2d(adj[self._in_local].T))
         v = np.concatenate(vals)
         g = np.concatenate(grads)
         return (float(v[0]), g[0]) if one else (v, g)
