@@ -276,13 +276,16 @@ class Plan:
         values[self.sink] = 0.0
         return values
 
-    def run(self, values: np.ndarray, labels: dict[int, str] | None = None,
-            timing=None) -> None:
-        """Compute every evaluated row of ``values`` (shape ``(size, B)``) in place.
+    def run(self, values: np.ndarray, describe=None, timing=None,
+            anomaly: bool = False) -> None:
+        """Compute every evaluated row of ``values`` (``(size,)`` or ``(size, B)``) in place.
 
-        Leaf rows must hold their values. Raises :class:`GuardError` at the first
-        guard whose outcome differs from the recording.
+        Leaf rows must hold their values. Raises :class:`GuardError` at the first guard
+        whose outcome differs from the recording; with ``anomaly``, FloatingPointError
+        at the first row that comes out nan or inf. ``describe(row)`` names a tape row
+        in those messages (label and scope).
         """
+        describe = describe or (lambda row: "")
         with np.errstate(all="ignore"):
             for step in self.steps:
                 start = perf_counter() if timing is not None else 0.0
@@ -295,13 +298,31 @@ class Plan:
                     ufunc = np.add if step.rule is ADD else np.multiply
                     values[step.out] = accumulate(ufunc, terms)[1:]
                 else:
-                    self._check(step, values, labels or {})
+                    self._check(step, values, describe)
+                if anomaly and type(step) is not _GuardStep:
+                    self._check_finite(step, values, describe)
                 if timing is not None:
                     kind = " chains" if type(step) is _ChainStep else ""
                     timing.op(step.rule.name + kind, step.out.size if type(step) is not
                               _GuardStep else step.rows.size, perf_counter() - start)
 
-    def _check(self, step: _GuardStep, values: np.ndarray, labels: dict[int, str]) -> None:
+    def _check_finite(self, step, values: np.ndarray, describe) -> None:
+        out = values[step.out]
+        bad = ~np.isfinite(out)
+        if not bad.any():
+            return
+        flat_rows = np.broadcast_to(_column(step.out, out), out.shape)[bad]
+        local = int(flat_rows.min())                   # the earliest row that went bad
+        row = int(self.rows[local])
+        rule = OPS[self.op[local]]
+        x = values[self.x[local]]
+        y = values[self.y[local]]
+        raise FloatingPointError(
+            f"detect_anomaly: {rule.name} produced {values[local]} at row {row}"
+            f"{describe(row)} during a replay; operands x = {x}"
+            + (f", y = {y}" if rule.arity == 2 else ""))
+
+    def _check(self, step: _GuardStep, values: np.ndarray, describe) -> None:
         now = step.rule.forward(values[step.x], values[step.y])
         differ = now != _column(step.expect, now)
         if not differ.any():
@@ -309,8 +330,7 @@ class Plan:
         where = np.argwhere(differ)[0]
         g = int(where[0])
         row = int(self.rows[step.rows[g]])
-        label = labels.get(row)
-        named = f" {label!r}" if label else ""
+        named = describe(row)
         sample = f" for sample {int(where[1])}" if now.ndim > 1 else ""
         now = now[tuple(where)]
         raise GuardError(

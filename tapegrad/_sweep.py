@@ -347,6 +347,27 @@ def reverse_sweep(cols: Columns, root: int, timing: Timing | None = None) -> Swe
     return Sweep(adj, lo, inner, leaves)
 
 
+def backward_anomaly(cols: Columns, root: int,
+                     sweep: Sweep) -> tuple[int, int, float, float] | None:
+    """The first non-leaf ancestor, in sweep order (highest level first), whose finite
+    gradient times a local partial gives nan or inf: (row, slot, partial, gradient)."""
+    rows = np.flatnonzero(sweep.inner) + sweep.lo
+    if rows.size == 0:
+        return None
+    g = sweep.adj[rows]
+    p0, p1 = local_partials(cols, rows)
+    with np.errstate(all="ignore"):
+        bad0 = np.isfinite(g) & ~np.isfinite(p0 * g) & (cols.a0[rows] >= 0)
+        bad1 = np.isfinite(g) & ~np.isfinite(p1 * g) & (cols.a1[rows] >= 0)
+    bad = np.flatnonzero(bad0 | bad1)
+    if bad.size == 0:
+        return None
+    first = bad[np.lexsort((rows[bad], cols.level[rows[bad]]))[-1]]
+    slot = 0 if bad0[first] else 1
+    partial = (p0 if slot == 0 else p1)[first]
+    return int(rows[first]), slot, float(partial), float(g[first])
+
+
 def _scatter(adj: np.ndarray, reach: np.ndarray | None, cons: np.ndarray, tgt: np.ndarray,
              part: np.ndarray) -> None:
     """``adj[tgt] += part * adj[cons]`` with repeated targets accumulated."""

@@ -24,6 +24,7 @@ import numpy as np
 from ._plan import Backward, Plan, ancestors
 from .engine import Value
 from .ops import GUARDS
+from .tape import _anomaly
 
 __all__ = ["Function"]
 
@@ -133,7 +134,7 @@ class Function:
         outs = []
         for part in self._chunks(batch):
             values = self._values(part)
-            self._plan.run(values, self._tape._labels)
+            self._plan.run(values, self._tape.describe, anomaly=bool(_anomaly.depth))
             outs.append(np.atleast_2d(values[self._out_local].T))
         result = np.concatenate(outs) if len(outs) > 1 else outs[0]
         return result[0] if one else result
@@ -153,7 +154,7 @@ class Function:
         vals, grads = [], []
         for part in self._chunks(batch):
             values = self._values(part)
-            self._plan.run(values, self._tape._labels)
+            self._plan.run(values, self._tape.describe, anomaly=bool(_anomaly.depth))
             adj = self._backward.run(values)
             vals.append(np.atleast_1d(values[self._out_local[0]]))
             grads.append(np.atleast_2d(adj[self._in_local].T))

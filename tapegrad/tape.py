@@ -29,10 +29,13 @@ import array
 import bisect
 import gc
 import itertools
+import math
 import numbers
+import os
 import threading
 import time
 import weakref
+import zipfile
 from collections.abc import Callable
 from typing import Any
 
@@ -73,7 +76,7 @@ class _Rows:
     """
 
     __slots__ = (
-        "name", "_n", "_limit", "_v", "_val", "_s", "_flushed", "_cap",
+        "name", "_n", "_limit", "_room", "_v", "_val", "_s", "_flushed", "_cap",
         "_op", "_a0", "_a1", "_c", "_lv", "_low", "_g",
         "_labels", "_links", "_reclaim", "_reclaim_min", "_reclaim_at", "_epoch",
         "_scope_names", "_scope_index", "_mark_rows", "_mark_ids", "_dropped", "owner",
@@ -121,14 +124,18 @@ class _Rows:
     # -- room for new rows -------------------------------------------------------------
 
     def _set_limit(self) -> None:
-        limit = min(self._flushed + _STAGE_ROWS, self._cap)
+        """``_room``: rows that fit before the next flush/grow/reclaim. ``_limit``: the
+        gate of the inlined recorders, ``_room`` normally and 0 under ``detect_anomaly``
+        (every op then takes the checked path)."""
+        room = min(self._flushed + _STAGE_ROWS, self._cap)
         if self._reclaim:
-            limit = min(limit, max(self._reclaim_at, self._n + 1))
-        self._limit = limit
+            room = min(room, max(self._reclaim_at, self._n + 1))
+        self._room = room
+        self._limit = 0 if _anomaly.depth else room
 
     def make_room(self, rows: int = 1) -> None:
         """Flush, reclaim or grow so that ``rows`` more rows fit before the next check."""
-        if self._n + rows <= self._limit:
+        if self._n + rows <= self._room:
             return
         self.flush()
         if self._reclaim and self._n + rows > self._reclaim_at:
@@ -136,8 +143,10 @@ class _Rows:
         if self._n + rows > self._cap:
             self._grow(self._n + rows)
         self._set_limit()
-        if self._limit < self._n + rows:   # a staging block smaller than the request
-            self._limit = self._n + rows
+        if self._room < self._n + rows:    # a staging block smaller than the request
+            self._room = self._n + rows
+            if not _anomaly.depth:
+                self._limit = self._room
 
     def _grow(self, need: int) -> None:
         cap = self._cap
@@ -165,6 +174,10 @@ class _Rows:
             getattr(self, col)[a:b] = np.frombuffer(block, dtype=getattr(self, col).dtype)
         s.clear()
         self._flushed = b
+        self._set_low(a, b)
+
+    def _set_low(self, a: int, b: int) -> None:
+        """The ``low`` column of rows a..b-1 from their operands and levels."""
         low = np.arange(a, b, dtype=np.int32)
         for args in (self._a0[a:b], self._a1[a:b]):
             pos = np.flatnonzero(args >= 0)
@@ -175,7 +188,7 @@ class _Rows:
     # -- appending rows (slow path; the hot path is inlined in the op recorders) -------
 
     def append(self, code: int, i: int, j: int, c: float, value: float, level: int) -> int:
-        if self._n >= self._limit:
+        if self._n >= self._room:
             self.make_room()
         r = self._n
         self._v[r] = value
@@ -245,6 +258,19 @@ class _Rows:
         self.flush()
         return OPS[self._op[i]], int(self._a0[i]), int(self._a1[i]), float(self._c[i])
 
+    def describe(self, row: int) -> str:
+        """`` 'label' [scope]`` of a row, for error messages ("" when it has neither)."""
+        text = ""
+        label = self._labels.get(row)
+        if label:
+            text += f" {label!r}"
+        if row < self._n:
+            k = bisect.bisect_right(self._mark_rows, row) - 1
+            scope_name = self._scope_names[self._mark_ids[k]]
+            if scope_name:
+                text += f" [{scope_name}]"
+        return text
+
     # -- name scopes -------------------------------------------------------------------
 
     def mark_scope(self, path: str) -> None:
@@ -294,7 +320,7 @@ class _Rows:
         cols = self.columns()
         g = self._g
         key = ("backward", self._epoch, root)
-        if self._replayed or key in self._plans:
+        if (self._replayed or key in self._plans) and not _anomaly.depth:
             entry = self._plans.get(key) or self._backward_plan(cols, root)
             plan, back, inner, leaves = entry
             values = plan.new_values()
@@ -311,6 +337,8 @@ class _Rows:
         else:
             sweep = _sweep.reverse_sweep(cols, root, timing)
             lo, hi = sweep.lo, root + 1
+            if _anomaly.depth:
+                self._check_backward(cols, root, sweep)
             g[lo:hi][sweep.inner] = sweep.adj[lo:hi][sweep.inner]
             g[sweep.leaves] += sweep.adj[sweep.leaves]
             rows_swept = root + 1 - lo
@@ -327,6 +355,42 @@ class _Rows:
                 np.add.at(home._g, there[found], share)
         if probe is not None:
             probe.on_backward(self.name, rows_swept, time.perf_counter() - start, timing)
+
+    def _check_backward(self, cols: _sweep.Columns, root: int, sweep: _sweep.Sweep) -> None:
+        """Raise FloatingPointError at the first row of the sweep that turned a finite
+        gradient into nan or inf for one of its operands."""
+        found = _sweep.backward_anomaly(cols, root, sweep)
+        if found is None:
+            return
+        row, slot, partial, grad = found
+        op = OPS[cols.op[row]]
+        arg = int((cols.a0 if slot == 0 else cols.a1)[row])
+        raise FloatingPointError(
+            f"detect_anomaly: backward through {op.name} at row {row} of tape "
+            f"{self.name!r}{self.describe(row)}: its gradient {grad!r} times its local "
+            f"partial {partial!r} with respect to operand {slot} (row {arg}, value "
+            f"{float(cols.value[arg])!r}) is {partial * grad!r}")
+
+    def load_columns(self, data: dict[str, np.ndarray]) -> None:
+        """Fill this empty tape with rows read by ``_read_tape_file``."""
+        n = data["op"].size
+        if n > self._cap:
+            self._grow(n)
+        self._op[:n] = data["op"]
+        self._a0[:n] = data["args"][:, 0]
+        self._a1[:n] = data["args"][:, 1]
+        self._c[:n] = data["const"]
+        self._val[:n] = data["value"]
+        self._g[:n] = data["grad"]
+        self._lv[:n] = data["level"]
+        self._n = self._flushed = n
+        self._set_low(0, n)
+        self._labels = {int(r): str(t) for r, t in zip(data["label_rows"], data["label_text"])}
+        self._scope_names = [str(x) for x in data["scope_names"]] or [""]
+        self._scope_index = {name: k for k, name in enumerate(self._scope_names)}
+        self._mark_rows = data["mark_rows"].astype(int).tolist()
+        self._mark_ids = data["mark_ids"].astype(int).tolist()
+        self._set_limit()
 
     def _backward_plan(self, cols: _sweep.Columns, root: int) -> tuple:
         """Compiled backward for ``root``: (plan, schedule, tape rows of its non-leaf
@@ -356,7 +420,7 @@ class _Rows:
             self._plans[key] = plan
         values = plan.new_values()
         values[:n] = self._val[:n]
-        plan.run(values, self._labels, timing)
+        plan.run(values, self.describe, timing, anomaly=bool(_anomaly.depth))
         self._val[plan.evaluated] = values[plan.evaluated]
         self._replayed = True
         if probe is not None and hasattr(probe, "on_replay"):
@@ -435,6 +499,83 @@ class _RetiredRows(_Rows):
             f"this Value belongs to tape {name!r}, which was reset: its rows were freed. "
             "Record the computation again."
         )
+
+
+_FORMAT = "tapegrad-tape"
+_FORMAT_VERSION = 1
+_FILE_ARRAYS = {   # name: (dtype kind, number of dimensions)
+    "format": ("U", 0), "version": ("iu", 0), "name": ("U", 0), "opnames": ("U", 1),
+    "op": ("iu", 1), "args": ("iu", 2), "const": ("f", 1), "value": ("f", 1),
+    "grad": ("f", 1), "level": ("iu", 1), "label_rows": ("iu", 1), "label_text": ("U", 1),
+    "scope_names": ("U", 1), "mark_rows": ("iu", 1), "mark_ids": ("iu", 1),
+}
+
+
+def _read_tape_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of a tape file, checked for shape and consistency (ValueError if not)."""
+    where = os.fspath(path)
+    try:
+        with np.load(where, allow_pickle=False) as npz:
+            data = {key: npz[key] for key in npz.files}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        raise ValueError(f"{where} is not a readable tapegrad tape file ({type(err).__name__}: "
+                         f"{err})") from None
+    missing = sorted(set(_FILE_ARRAYS) - set(data))
+    if missing:
+        raise ValueError(f"{where} is not a tapegrad tape file: missing {', '.join(missing)}")
+    for key, (kinds, ndim) in _FILE_ARRAYS.items():
+        arr = data[key]
+        if arr.dtype.kind not in kinds or arr.ndim != ndim:
+            raise ValueError(f"{where}: array {key!r} has dtype {arr.dtype} and {arr.ndim} "
+                             "dimensions, not what a tapegrad tape file holds")
+    if str(data["format"]) != _FORMAT:
+        raise ValueError(f"{where} is not a tapegrad tape file (format {str(data['format'])!r})")
+    if int(data["version"]) != _FORMAT_VERSION:
+        raise ValueError(f"{where} has tape format version {int(data['version'])}; this "
+                         f"tapegrad reads version {_FORMAT_VERSION}")
+    codes = {op.name: op.code for op in OPS}
+    unknown = [str(n) for n in data["opnames"] if str(n) not in codes]
+    if unknown:
+        raise ValueError(f"{where} uses ops this tapegrad does not know: {unknown}")
+    n = data["op"].size
+    if data["op"].size and (data["op"].min() < 0 or data["op"].max() >= data["opnames"].size):
+        raise ValueError(f"{where}: opcodes out of range of its op table")
+    op = np.array([codes[str(name)] for name in data["opnames"]], np.int8)[data["op"]]
+    for key in ("args", "const", "value", "grad", "level"):
+        if data[key].shape[0] != n:
+            raise ValueError(f"{where}: column {key!r} has {data[key].shape[0]} rows, "
+                             f"opcodes have {n}")
+    args = data["args"]
+    if args.shape[1:] != (2,):
+        raise ValueError(f"{where}: 'args' must have two columns")
+    rows = np.arange(n)
+    if ((args < -1) | (args >= rows[:, None])).any():
+        raise ValueError(f"{where}: an operand refers to a row that is not before it")
+    arity = np.array([o.arity for o in OPS])[op]
+    used = (args >= 0).sum(axis=1)
+    unary_bad = (arity == 1) & ((args[:, 0] < 0) | (args[:, 1] >= 0))
+    if ((arity == 0) & (used != 0)).any() or unary_bad.any() or ((arity == 2) & (used == 0)).any():
+        raise ValueError(f"{where}: operands do not match the ops' arities")
+    level = data["level"].astype(np.int64)
+    expect = np.zeros(n, np.int64)
+    for k in (0, 1):
+        a = args[:, k]
+        expect = np.maximum(expect, np.where(a >= 0, level[np.maximum(a, 0)] + 1, 0))
+    if not np.array_equal(expect, level):
+        raise ValueError(f"{where}: levels do not match the operands (corrupted rows)")
+    if data["label_rows"].size != data["label_text"].size or (
+            data["label_rows"].size and (data["label_rows"].min() < 0
+                                         or data["label_rows"].max() >= n)):
+        raise ValueError(f"{where}: labels refer to rows outside the tape")
+    marks, ids = data["mark_rows"], data["mark_ids"]
+    if (marks.size != ids.size or marks.size == 0 or marks[0] != 0
+            or (np.diff(marks) <= 0).any() or marks.max() > n or ids.min() < 0
+            or ids.max() >= max(data["scope_names"].size, 1)):
+        raise ValueError(f"{where}: scope marks are inconsistent")
+    data["op"] = op
+    return data
 
 
 # ---------------------------------------------------------------------------------------
@@ -518,6 +659,53 @@ class Tape:
         calls reuse it while the tape's rows stay the same.
         """
         self._rows.forward()
+
+    def value(self, row: int) -> Any:
+        """A Value for ``row`` of this tape (e.g. a row seen in a dump, or after load)."""
+        rows = self._rows
+        if not isinstance(row, (int, np.integer)) or isinstance(row, bool):
+            raise TypeError(f"row must be an int, got {type(row).__name__}")
+        if not 0 <= row < rows._n:
+            raise IndexError(f"row {row} is not on tape {self.name!r} ({rows._n} rows)")
+        return _new_value(rows, int(row), rows.level(int(row)))
+
+    # -- saving and loading ---------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the tape to ``path`` as a ``.npz`` (plain arrays, no pickle).
+
+        Rows, values, gradients, labels and scopes round-trip bit for bit through
+        :meth:`load`. Leaves linked from other tapes are saved as plain leaves.
+        """
+        rows = self._rows
+        cols = rows.columns()
+        labels = sorted(rows._labels.items())
+        arrays = {
+            "format": np.array(_FORMAT), "version": np.array(_FORMAT_VERSION),
+            "name": np.array(self.name), "opnames": np.array([op.name for op in OPS]),
+            "op": cols.op, "args": np.stack([cols.a0, cols.a1], axis=1),
+            "const": cols.const, "value": cols.value, "grad": cols.grad,
+            "level": cols.level,
+            "label_rows": np.array([r for r, _ in labels], np.int64),
+            "label_text": np.array([t for _, t in labels], dtype=str),
+            "scope_names": np.array(rows._scope_names, dtype=str),
+            "mark_rows": np.array(rows._mark_rows, np.int64),
+            "mark_ids": np.array(rows._mark_ids, np.int64),
+        }
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, name: str | None = None) -> Tape:
+        """Read a tape written by :meth:`save`; ``tape.value(row)`` gives its Values.
+
+        A truncated, corrupted, foreign or wrong-version file raises ``ValueError``
+        (nothing in it is executed: pickles are refused).
+        """
+        data = _read_tape_file(path)
+        tape = cls(name if name is not None else str(data["name"]))
+        tape._rows.load_columns(data)
+        return tape
 
     def compact(self) -> int:
         """Drop the rows no live Value can reach, renumber the rest; returns rows freed.
@@ -621,6 +809,37 @@ class Tape:
 # ---------------------------------------------------------------------------------------
 # the current tape of each thread
 # ---------------------------------------------------------------------------------------
+
+class _AnomalyState:
+    depth = 0       # open detect_anomaly() blocks (all threads)
+
+
+_anomaly = _AnomalyState()
+
+
+class detect_anomaly:
+    """``with tapegrad.detect_anomaly():`` makes the first op that produces nan or inf
+    raise ``FloatingPointError`` naming the op, its row, label and scope and its
+    operands' values: while recording, in ``Tape.forward()``/``Function`` replays, and
+    in ``backward()`` (the row whose local partial turns a finite gradient into nan or
+    inf). Recording takes the checked path for every op meanwhile (slower); it applies
+    to all tapes and threads while any block is open.
+    """
+
+    def __enter__(self) -> detect_anomaly:
+        _anomaly.depth += 1
+        for rows in list(_all_rows):
+            if type(rows) is _Rows:
+                rows._limit = 0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _anomaly.depth -= 1
+        if not _anomaly.depth:
+            for rows in list(_all_rows):
+                if type(rows) is _Rows:
+                    rows._set_limit()
+
 
 # Profilers listening to backward passes (tapegrad.profile registers itself here). A
 # probe has ``on_backward(tape_name, rows, seconds, timing)``; with none registered the
@@ -796,7 +1015,15 @@ def _record_general(op: Op, a: Any, b: Any = None, reflected: bool = False) -> A
     else:
         i, j = rows[0], -1
         x, y = t.value(i), const
-    r = t.append(op.code, i, j, const, op.evaluate(x, y), level)
+    out = op.evaluate(x, y)
+    if _anomaly.depth and not math.isfinite(out):
+        scope_name = _state.scope
+        where = f" [{scope_name}]" if scope_name else ""
+        operands = f"x = {x!r}" + (f", y = {y!r}" if op.arity == 2 else "")
+        raise FloatingPointError(
+            f"detect_anomaly: {op.name} produced {out} while recording row {t._n} of tape "
+            f"{t.name!r}{where}; operands {operands}")
+    r = t.append(op.code, i, j, const, out, level)
     return _new_value(t, r, level)
 
 
