@@ -437,7 +437,9 @@ class _Rows:
         """
         self.flush()
         cls = _facade
-        facades = [o for o in gc.get_objects() if type(o) is cls and o._tape is self]
+        # (a Value still inside __init__ has no _tape yet: it has no row to pin either)
+        facades = [o for o in gc.get_objects()
+                   if type(o) is cls and getattr(o, "_tape", None) is self]
         n = self._n
         live = np.fromiter((f._i for f in facades), dtype=np.int64, count=len(facades))
         cols = self.columns()

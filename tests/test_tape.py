@@ -200,6 +200,16 @@ def test_reclaiming_tape_stays_bounded_in_a_training_loop():
     first_loss.backward()                      # ... and still back-propagates
 
 
+def test_compaction_triggered_by_a_new_leaf():
+    tape = Tape("leaves", reclaim=True, reclaim_min_rows=1000)
+    with tape:
+        keep = Value(1.0) * 2
+        for _ in range(5000):                       # only leaves: Value() triggers the reclaim
+            Value(0.5)
+        assert len(tape) < 2100
+    assert keep.data == 2.0
+
+
 def test_reset_frees_rows():
     t = Tape()
     with t:
