@@ -7,8 +7,9 @@ vectorized reverse sweep over integer opcodes.
 from ._plan import GuardError
 from .engine import Value
 from .function import Function
+from .profiler import profile
 from .tape import ResetTapeError, Tape, current_tape, detect_anomaly, scope
 
-__all__ = ["Value", "Tape", "Function", "current_tape", "scope", "detect_anomaly",
+__all__ = ["Value", "Tape", "Function", "current_tape", "scope", "detect_anomaly", "profile",
            "ResetTapeError", "GuardError"]
 __version__ = "0.1.0"
