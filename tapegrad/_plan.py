@@ -413,13 +413,14 @@ class Backward:
                 group, pos[group], n + pos[group], plan.x[group], plan.y[group])
         self.keys = sorted(set(self.groups) | set(self.chains), reverse=True)
 
-    def partials(self, values: np.ndarray) -> np.ndarray:
+    def partials(self, values: np.ndarray, timing=None) -> np.ndarray:
         """Local partials of every row with partials, flat: slot 0 block, then slot 1."""
         plan = self.plan
         n = self.rows.size
         part = np.zeros((2 * n,) + values.shape[1:])
         with np.errstate(all="ignore"):
             for rule, sel, at in self.by_op:
+                start = perf_counter() if timing is not None else 0.0
                 operands = "x" in rule.reads or "y" in rule.reads
                 x = values[plan.x[sel]] if operands else None
                 y = values[plan.y[sel]] if operands else None
@@ -428,11 +429,17 @@ class Backward:
                 part[at] = d0
                 if rule.arity == 2:
                     part[n + at] = d1
+                if timing is not None:
+                    timing.op(rule.name, sel.size, perf_counter() - start)
         return part
 
     def run(self, values: np.ndarray, timing=None) -> np.ndarray:
         """Adjoints (shaped like ``values``) of every local row, seeded 1 at the output."""
-        part = self.partials(values)
+        if timing is not None:
+            timing.lap("schedule")
+        part = self.partials(values, timing)
+        if timing is not None:
+            timing.lap("partials")
         adj = np.zeros(values.shape)
         adj[self.output] = 1.0
         with np.errstate(all="ignore"):
@@ -451,4 +458,6 @@ class Backward:
                     size = sum(ch.rows.size for ch in self.chains.get(k, ()))
                     size += group.cons.size if group is not None else 0
                     timing.groups.append((k, size, perf_counter() - start))
+        if timing is not None:
+            timing.lap("levels")
         return adj

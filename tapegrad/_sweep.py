@@ -196,9 +196,10 @@ def _find_chains(cand: np.ndarray, fan: np.ndarray, a0: np.ndarray, a1: np.ndarr
                                                         stops[long].tolist())]
 
 
-def _chain(cols: Columns, rows: np.ndarray, on0: np.ndarray) -> _Chain:
+def _chain(cols: Columns, rows: np.ndarray, on0: np.ndarray,
+           timing: Timing | None = None) -> _Chain:
     """A folded chain from its rows (absolute, bottom to top)."""
-    q0, q1 = local_partials(cols, rows)
+    q0, q1 = local_partials(cols, rows, timing)
     a, b = cols.a0[rows], cols.a1[rows]
     side0 = a >= 0                  # every operand slot except the predecessor's
     side0[1:] &= ~on0
@@ -273,8 +274,10 @@ def reverse_sweep(cols: Columns, root: int, timing: Timing | None = None) -> Swe
             keep = inner.copy()
             for cpos, on0 in _find_chains(cand, fan, a0, a1, lo):
                 keep[cpos] = False
-                chain = _chain(cols, cpos + lo, on0)
+                chain = _chain(cols, cpos + lo, on0, timing)
                 chains_at.setdefault(int(level[cpos[-1]]), []).append(chain)
+    if timing is not None:
+        timing.lap("chains")
     pos = np.flatnonzero(keep)
 
     # level groups, highest first: rows sorted by level; each group is a slice

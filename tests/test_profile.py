@@ -25,7 +25,7 @@ from tapegrad._sweep import Timing
 from tapegrad.ops import OPS
 from tapegrad.profiler import profile
 
-PHASES = ("interval", "schedule", "partials", "levels", "leaves")
+PHASES = ("interval", "chains", "schedule", "partials", "levels", "leaves")
 
 
 @pytest.fixture(autouse=True)
