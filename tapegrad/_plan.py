@@ -33,6 +33,25 @@ import numpy as np
 from .ops import ADD, GUARDS, MUL, OPS, SUB, Op
 
 _SUM_FAMILY = (ADD.code, SUB.code)
+_SEQUENTIAL_MIN = 64      # mixed-op chains at least this long run row by row ...
+_SEQUENTIAL_WIDTH = 8     # ... when their levels hold at most this many rows
+
+
+def _run_sequential(step: _SequentialStep, values: np.ndarray) -> None:
+    """Evaluate a recurrence row by row: Python floats through a memoryview for one
+    sample (each op's scalar rule, exactly as recording computed it), rows of the
+    value array for a batch."""
+    if values.ndim == 1:
+        v = memoryview(values)
+        for code, i, j, r in zip(step.code, step.x, step.y, step.rows):
+            rule = OPS[code]
+            try:
+                v[r] = rule.scalar(v[i], v[j])
+            except (ArithmeticError, ValueError):
+                v[r] = rule.evaluate(v[i], v[j])
+    else:
+        for code, i, j, r in zip(step.code, step.x, step.y, step.rows):
+            values[r] = OPS[code].forward(values[i], values[j])
 
 
 def _column(a: np.ndarray, like: np.ndarray) -> np.ndarray:
@@ -122,6 +141,18 @@ class _ChainStep:
     out: np.ndarray      # (L, G) local rows: chain position (bottom first) x chain
     terms: np.ndarray    # (L + 1, G) local rows: the bottom's two operands, then sides
     sign: np.ndarray | None   # (L + 1, G) +-1 for sums with subtractions
+
+
+@dataclass
+class _SequentialStep:
+    """A long single-reader chain of mixed ops (a recurrence such as x = tanh(x*w + b)):
+    evaluated row by row with the ops' scalar rules, as the recording did."""
+
+    out: np.ndarray      # local rows, in order
+    code: list           # opcodes, operand rows and output rows as Python ints
+    x: list
+    y: list
+    rows: list
 
 
 @dataclass
@@ -225,6 +256,23 @@ class Plan:
             paths += _chains(pred >= 0, pred)
         return paths
 
+    def _sequential_chains(self, fan: np.ndarray, folded: np.ndarray) -> list[np.ndarray]:
+        """Long chains of single-reader rows of any ops in narrow levels (recurrences)."""
+        n = self.rows.size
+        free = np.zeros(self.size, bool)
+        free[self.evaluated] = True
+        free[:n] &= ~np.isin(self.op, list(GUARDS))
+        free &= ~folded
+        width = np.bincount(self.level[self.evaluated], minlength=int(self.level.max()) + 1)
+        narrow = np.zeros(self.size, bool)
+        narrow[:n] = width[self.level] <= _SEQUENTIAL_WIDTH
+        member = free & narrow
+        pred = np.full(self.size, -1, np.int64)
+        for operand in (self.x, self.y):
+            ok = member[:n] & (pred[:n] < 0) & member[operand] & (fan[operand] == 1)
+            pred[:n][ok] = operand[ok]
+        return [p for p in _chains(pred >= 0, pred) if p.size >= _SEQUENTIAL_MIN]
+
     def _schedule(self, cols) -> list:
         fan = self._fan()
         steps: dict[int, list] = {}
@@ -250,6 +298,12 @@ class Plan:
             rule = OPS[family]
             steps.setdefault(key, []).append(_ChainStep(
                 rule, out, terms, sign if family == ADD.code and (sign < 0).any() else None))
+        for path in self._sequential_chains(fan, folded):
+            folded[path] = True
+            key = int(self.level[path[-1]])
+            steps.setdefault(key, []).append(_SequentialStep(
+                path, self.op[path].tolist(), self.x[path].tolist(), self.y[path].tolist(),
+                path.tolist()))
         rest = self.evaluated[~folded[self.evaluated]]
         order = rest[np.lexsort((self.op[rest], self.level[rest]))]
         keys = np.stack([self.level[order], self.op[order]], axis=1)
@@ -291,6 +345,8 @@ class Plan:
                 start = perf_counter() if timing is not None else 0.0
                 if type(step) is _OpStep:
                     values[step.out] = step.rule.forward(values[step.x], values[step.y])
+                elif type(step) is _SequentialStep:
+                    _run_sequential(step, values)
                 elif type(step) is _ChainStep:
                     terms = values[step.terms]
                     if step.sign is not None:
@@ -302,9 +358,11 @@ class Plan:
                 if anomaly and type(step) is not _GuardStep:
                     self._check_finite(step, values, describe)
                 if timing is not None:
-                    kind = " chains" if type(step) is _ChainStep else ""
-                    timing.op(step.rule.name + kind, step.out.size if type(step) is not
-                              _GuardStep else step.rows.size, perf_counter() - start)
+                    name = {_ChainStep: f"{getattr(step, 'rule', ADD).name} chains",
+                            _SequentialStep: "sequential chains"}.get(
+                                type(step), getattr(step, "rule", ADD).name)
+                    rows = step.rows if type(step) is _GuardStep else step.out
+                    timing.op(name, np.size(rows), perf_counter() - start)
 
     def _check_finite(self, step, values: np.ndarray, describe) -> None:
         out = values[step.out]

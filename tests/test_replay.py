@@ -292,3 +292,30 @@ def test_guard_error_names_the_label_and_the_sample_in_a_batch():
     assert f([[1.0], [2.0]]).tolist() == [[3.0], [6.0]]
     with pytest.raises(GuardError, match=r"row 2 'h >= 0' .*now False for sample 1"):
         f([[1.0], [-2.0]])
+
+
+def test_long_recurrences_replay_row_by_row_exactly():
+    def recur(x, w, b, steps):
+        for _ in range(steps):
+            x = (x * w + b).tanh()
+        return x
+
+    with Tape() as t:
+        w, b, x0 = Value(0.9), Value(0.1), Value(0.5)
+        out = recur(x0, w, b, 400)
+    recorded = t.values.copy()
+    t.forward()
+    assert t.values.tobytes() == recorded.tobytes()       # same scalar rules as recording
+    kinds = {type(step).__name__ for step in t._rows._plans[("forward", 0, len(t))].steps}
+    assert "_SequentialStep" in kinds
+    w.data = 0.7
+    t.forward()
+    out.backward()
+    with Tape():
+        w2, b2, x2 = Value(0.7), Value(0.1), Value(0.5)
+        ref = recur(x2, w2, b2, 400)
+        ref.backward()
+    assert out.data == ref.data and w.grad == pytest.approx(w2.grad, rel=1e-12)
+    f = Function(inputs=[w, b], outputs=out)
+    batch = f([[0.7, 0.1], [0.9, 0.1]])
+    assert batch[0, 0] == pytest.approx(ref.data, rel=1e-14)
