@@ -2,21 +2,66 @@
 
 Same constructors, same ``repr`` strings and the same initialisation (weights from
 ``random.uniform(-1, 1)`` drawn in micrograd's order, bias 0), so a seeded model
-starts from exactly micrograd's parameters.
+starts from exactly micrograd's parameters. Beyond micrograd:
+
+* ``nonlin`` picks the activation: ``True``/``"relu"``, ``False``/``"linear"``,
+  ``"tanh"`` or ``"sigmoid"`` (``MLP(nin, nouts, nonlin=...)`` for the hidden layers).
+* every layer and neuron records its rows inside a :class:`tapegrad.scope`, so tape
+  rows carry paths such as ``"layer0/neuron3"``.
+* :meth:`Module.save` / :meth:`Module.load` store the parameters in a plain ``.npz``.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import zipfile
+import zlib
 from collections.abc import Sequence
+from operator import mul
+from threading import get_ident
+from typing import TypeVar
+
+import numpy as np
 
 from .engine import Value
+from .tape import scope
 
-__all__ = ["Module", "Neuron", "Layer", "MLP"]
+__all__ = ["Module", "Neuron", "Layer", "MLP", "ACTIVATIONS"]
+
+ACTIVATIONS = ("relu", "linear", "tanh", "sigmoid")
+"""Canonical names of the activations a :class:`Neuron` can apply."""
+
+_REPR_NAMES = {"relu": "ReLU", "linear": "Linear", "tanh": "Tanh", "sigmoid": "Sigmoid"}
+_APPLY = {"relu": Value.relu, "linear": None, "tanh": Value.tanh, "sigmoid": Value.sigmoid}
+
+_FORMAT = "tapegrad.nn/1"     # stored under _META_FORMAT in every saved file
+_META_FORMAT = "__format__"
+_META_ARCH = "__architecture__"
+
+M = TypeVar("M", bound="Module")
+
+Tensors = dict[str, tuple[tuple[int, ...], list[Value]]]
+"""Parameter tensors by name: (shape, the Values in row-major order)."""
+
+
+def _activation(nonlin: object) -> str:
+    """The canonical activation name for a ``nonlin`` argument, or a ValueError."""
+    if isinstance(nonlin, (bool, np.bool_)):
+        return "relu" if nonlin else "linear"
+    if isinstance(nonlin, str) and nonlin in ACTIVATIONS:
+        return nonlin
+    raise ValueError("nonlin must be True or 'relu', False or 'linear', 'tanh' or 'sigmoid'; "
+                     f"got {nonlin!r} ({type(nonlin).__name__})")
+
+
+def _check_size(n: object, who: str, unit: str) -> None:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"{who} needs a positive int number of {unit}, got {n!r}")
 
 
 class Module:
-    """Base class: ``parameters()`` and ``zero_grad()``."""
+    """Base class: ``parameters()``, ``zero_grad()``, ``save()`` and ``load()``."""
 
     def zero_grad(self) -> None:
         """Set the gradient of every parameter to 0."""
@@ -27,56 +72,248 @@ class Module:
         """Every trainable Value of the module, in a fixed order."""
         return []
 
+    # -- save / load ------------------------------------------------------------------
 
-class Neuron(Module):
-    """``act(sum(w_i * x_i) + b)`` with ReLU when ``nonlin`` is true, else linear."""
+    def tensors(self) -> Tensors:
+        """The parameters grouped into named tensors: ``{name: (shape, values)}``.
 
-    def __init__(self, nin: int, nonlin: bool = True) -> None:
-        if not isinstance(nin, int) or isinstance(nin, bool) or nin < 1:
-            raise ValueError(f"Neuron needs a positive int number of inputs, got {nin!r}")
+        This is what :meth:`save` writes, one array per entry. Subclasses without
+        their own grouping store all parameters as one flat ``"parameters"`` array.
+        """
+        params = self.parameters()
+        return {"parameters": ((len(params),), params)}
+
+    def architecture(self) -> str:
+        """A text description saved with the parameters and checked on load (the repr)."""
+        if type(self).__repr__ is object.__repr__:     # no address in the description
+            return f"{type(self).__name__} with {len(self.parameters())} parameters"
+        return repr(self)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the parameters to ``path`` (exactly that name) as an uncompressed ``.npz``.
+
+        The file holds one float64 array per entry of :meth:`tensors` (e.g.
+        ``"layer0/W"`` of shape ``(16, 2)``), plus ``"__architecture__"`` (see
+        :meth:`architecture`) and ``"__format__"`` as string arrays; ``np.load(path)``
+        reads it without pickle.
+        """
+        path = os.fspath(path)
+        arrays = {name: np.array([v.data for v in values], dtype=np.float64).reshape(shape)
+                  for name, (shape, values) in self.tensors().items()}
+        arrays[_META_FORMAT] = np.array(_FORMAT)
+        arrays[_META_ARCH] = np.array(self.architecture())
+        with open(path, "wb") as f:      # a file object: numpy appends no ".npz"
+            np.savez(f, **arrays)
+
+    def load(self: M, path: str | os.PathLike[str]) -> M:
+        """Set the parameters from a file written by :meth:`save`; returns ``self``.
+
+        Everything is checked before any parameter changes: a file for another
+        architecture or with other tensor shapes raises ``ValueError`` (naming what
+        was expected and what was found) and leaves the model untouched. A missing
+        file raises ``FileNotFoundError``; a file that is not a tapegrad ``.npz``
+        raises ``ValueError``. Gradients are not touched.
+        """
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no parameter file at {path!r}")
+        found = _read_npz(path)
+        fmt = found.pop(_META_FORMAT, None)
+        arch = found.pop(_META_ARCH, None)
+        if fmt is None or arch is None or fmt.shape != () or arch.shape != ():
+            raise ValueError(f"{path!r} is an .npz file but not one written by "
+                             f"Module.save (no {_META_FORMAT!r}/{_META_ARCH!r} entries)")
+        if str(fmt) != _FORMAT:
+            raise ValueError(f"{path!r} has format {str(fmt)!r}; this tapegrad reads {_FORMAT!r}")
+        expected, in_file = self.architecture(), str(arch)
+        mismatch = (f"{path!r} holds parameters of another architecture: "
+                    f"expected {expected}, found {in_file}")
+        tensors = self.tensors()
+        if set(found) != set(tensors):
+            raise ValueError(f"{mismatch} (tensors: expected {sorted(tensors)}, "
+                             f"found {sorted(found)})")
+        updates: list[tuple[list[Value], list[float]]] = []
+        for name, (shape, values) in tensors.items():
+            arr = found[name]
+            if arr.shape != shape:
+                raise ValueError(f"{mismatch} (tensor {name!r}: expected shape {shape}, "
+                                 f"found {arr.shape})")
+            if arr.dtype.kind not in "fiu":
+                raise ValueError(f"{path!r}: tensor {name!r} must hold real numbers, "
+                                 f"found dtype {arr.dtype}")
+            updates.append((values, arr.astype(np.float64).ravel().tolist()))
+        if in_file != expected:
+            raise ValueError(mismatch)
+        for values, numbers in updates:       # all checks passed: now write
+            for v, x in zip(values, numbers):
+                v.data = x
+        return self
+
+
+class _Scoped(Module):
+    """A module whose forward records its rows inside ``scope(self.name)``.
+
+    Scopes are on the hot path (the moons demo opens 36 per sample), so the scope
+    object is built once, by the thread that set the name, and reused by that thread.
+    Other threads build a fresh one per call: a scope object keeps per-entry state, so
+    one object must never be open in two threads at once.
+    """
+
+    _name: str
+    _scoped: tuple[int, scope]
+
+    @property
+    def name(self) -> str:
+        """The scope name of this module's rows (``"layer0"``, ``"neuron3"``...)."""
+        return self._name
+
+    @name.setter
+    def name(self, name: str) -> None:
+        self._scoped = (get_ident(), scope(name))     # validates the name
+        self._name = name
+
+    def _scope(self) -> scope:
+        ident, sc = self._scoped
+        return sc if ident == get_ident() else scope(self._name)
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` at ``path``, or a ValueError saying why it is unreadable."""
+    def unreadable(why: object) -> ValueError:
+        return ValueError(f"{path!r} is not a parameter file written by Module.save: {why}")
+
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except ValueError:            # neither a zip archive nor an .npy: numpy tried pickle
+        raise unreadable("not an .npz archive") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise unreadable(f"not an .npz archive ({err or type(err).__name__})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise unreadable("it holds a single array (.npy), not an .npz archive")
+    with npz:
+        try:
+            return {name: npz[name] for name in npz.files}
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+            raise unreadable(f"cannot read its arrays ({err})") from None
+
+
+class Neuron(_Scoped):
+    """``act(sum(w_i * x_i) + b)``: ReLU by default (micrograd), see ``nonlin``.
+
+    Args:
+        nin: number of inputs.
+        nonlin: ``True`` or ``"relu"`` (micrograd's default), ``False`` or
+            ``"linear"``, ``"tanh"``, ``"sigmoid"``; anything else raises ValueError.
+            The attribute ``nonlin`` keeps micrograd's bool for ReLU (``True``) and
+            linear (``False``) and holds ``"tanh"``/``"sigmoid"`` otherwise;
+            ``activation`` is always the name. Setting either changes the neuron.
+    """
+
+    def __init__(self, nin: int, nonlin: bool | str = True) -> None:
+        _check_size(nin, "Neuron", "inputs")
+        self.activation = nonlin      # validated before any weight is drawn
         self.w = [Value(random.uniform(-1, 1)) for _ in range(nin)]
         self.b = Value(0)
-        self.nonlin = nonlin
+        self.name = "neuron"          # scope of its rows; a Layer renames it neuron<j>
+
+    @property
+    def activation(self) -> str:
+        """The activation's name: ``"relu"``, ``"linear"``, ``"tanh"`` or ``"sigmoid"``."""
+        return self._activation
+
+    @activation.setter
+    def activation(self, nonlin: bool | str) -> None:
+        self._activation = _activation(nonlin)
+        self._act = _APPLY[self._activation]
+
+    @property
+    def nonlin(self) -> bool | str:
+        """micrograd's flag: ``True`` for ReLU, ``False`` for linear, else the name."""
+        return {"relu": True, "linear": False}.get(self._activation, self._activation)
+
+    @nonlin.setter
+    def nonlin(self, nonlin: bool | str) -> None:
+        self.activation = nonlin
 
     def __call__(self, x: Sequence[Value | float]) -> Value:
-        if len(x) != len(self.w):
-            raise ValueError(f"{self!r} takes {len(self.w)} inputs, got {len(x)}")
-        act = sum((wi * xi for wi, xi in zip(self.w, x)), self.b)
-        return act.relu() if self.nonlin else act
+        w = self.w
+        if len(x) != len(w):
+            raise ValueError(f"{self!r} takes {len(w)} inputs, got {len(x)}")
+        ident, sc = self._scoped
+        with sc if ident == get_ident() else scope(self._name):
+            act = sum(map(mul, w, x), self.b)   # b + w0*x0 + w1*x1 + ...: micrograd's order
+            f = self._act
+            return act if f is None else f(act)
 
     def parameters(self) -> list[Value]:
         return self.w + [self.b]
 
+    def tensors(self) -> Tensors:
+        return {"w": ((len(self.w),), list(self.w)), "b": ((), [self.b])}
+
+    def architecture(self) -> str:
+        return f"Neuron({len(self.w)}, nonlin={self.activation!r})"
+
     def __repr__(self) -> str:
-        return f"{'ReLU' if self.nonlin else 'Linear'}Neuron({len(self.w)})"
+        return f"{_REPR_NAMES[self.activation]}Neuron({len(self.w)})"
 
 
-class Layer(Module):
+class Layer(_Scoped):
     """``nout`` neurons reading the same inputs; one neuron returns a bare Value."""
 
-    def __init__(self, nin: int, nout: int, **kwargs: object) -> None:
-        if not isinstance(nout, int) or isinstance(nout, bool) or nout < 1:
-            raise ValueError(f"Layer needs a positive int number of outputs, got {nout!r}")
-        self.neurons = [Neuron(nin, **kwargs) for _ in range(nout)]
+    def __init__(self, nin: int, nout: int, nonlin: bool | str = True) -> None:
+        _check_size(nout, "Layer", "outputs")
+        _activation(nonlin)            # fail before drawing any weight
+        self.neurons = [Neuron(nin, nonlin=nonlin) for _ in range(nout)]
+        for j, n in enumerate(self.neurons):
+            n.name = f"neuron{j}"
+        self.name = "layer"           # scope of its rows; an MLP renames it layer<i>
 
     def __call__(self, x: Sequence[Value | float]) -> Value | list[Value]:
-        out = [n(x) for n in self.neurons]
+        with self._scope():
+            out = [n(x) for n in self.neurons]
         return out[0] if len(out) == 1 else out
 
     def parameters(self) -> list[Value]:
         return [p for n in self.neurons for p in n.parameters()]
+
+    def tensors(self) -> Tensors:
+        """``W`` of shape ``(nout, nin)`` (row ``j`` is neuron ``j``'s ``w``) and ``b``."""
+        ns = self.neurons
+        return {"W": ((len(ns), len(ns[0].w)), [w for n in ns for w in n.w]),
+                "b": ((len(ns),), [n.b for n in ns])}
+
+    def architecture(self) -> str:
+        acts = {n.activation for n in self.neurons}
+        if len(acts) > 1 or len({len(n.w) for n in self.neurons}) > 1:
+            return repr(self)
+        return f"Layer({len(self.neurons[0].w)}, {len(self.neurons)}, nonlin={acts.pop()!r})"
 
     def __repr__(self) -> str:
         return f"Layer of [{', '.join(str(n) for n in self.neurons)}]"
 
 
 class MLP(Module):
-    """Layers of sizes ``nouts`` after ``nin`` inputs; ReLU everywhere but the last."""
+    """Layers of sizes ``nouts`` after ``nin`` inputs; the last layer is linear.
 
-    def __init__(self, nin: int, nouts: Sequence[int]) -> None:
-        sz = [nin] + list(nouts)
-        self.layers = [Layer(sz[i], sz[i + 1], nonlin=i != len(nouts) - 1)
+    Hidden layers apply ``nonlin`` (ReLU by default, as micrograd); see :class:`Neuron`.
+    """
+
+    def __init__(self, nin: int, nouts: Sequence[int], nonlin: bool | str = "relu") -> None:
+        _check_size(nin, "MLP", "inputs")
+        nouts = list(nouts)
+        if not nouts:
+            raise ValueError("MLP needs at least one layer size in nouts, got []")
+        for n in nouts:
+            _check_size(n, "MLP", "outputs in every layer (nouts)")
+        _activation(nonlin)
+        sz = [nin] + nouts
+        self.layers = [Layer(sz[i], sz[i + 1], nonlin=nonlin if i != len(nouts) - 1 else False)
                        for i in range(len(nouts))]
+        for i, layer in enumerate(self.layers):
+            layer.name = f"layer{i}"
 
     def __call__(self, x: Sequence[Value | float]) -> Value | list[Value]:
         for layer in self.layers:
@@ -85,6 +322,23 @@ class MLP(Module):
 
     def parameters(self) -> list[Value]:
         return [p for layer in self.layers for p in layer.parameters()]
+
+    def tensors(self) -> Tensors:
+        """``layer<i>/W`` and ``layer<i>/b`` for every layer."""
+        return {f"layer{i}/{k}": t for i, layer in enumerate(self.layers)
+                for k, t in layer.tensors().items()}
+
+    def architecture(self) -> str:
+        """``"MLP(2, [16, 16, 1], nonlin='relu')"`` (the repr if the layers were changed)."""
+        ns = [layer.neurons for layer in self.layers]
+        acts = {n.activation for layer in ns[:-1] for n in layer}
+        sizes = [len(ns[0][0].w)] + [len(layer) for layer in ns]
+        regular = (len(acts) <= 1 and all(n.activation == "linear" for n in ns[-1])
+                   and all(len(n.w) == sizes[i] for i, layer in enumerate(ns) for n in layer))
+        if not regular:
+            return repr(self)
+        hidden = f", nonlin={acts.pop()!r}" if acts else ""
+        return f"MLP({sizes[0]}, {sizes[1:]}{hidden})"
 
     def __repr__(self) -> str:
         return f"MLP of [{', '.join(str(layer) for layer in self.layers)}]"
