@@ -454,10 +454,12 @@ class _Rows:
         self._links = {leaf: int(new_index[r]) for leaf, r in self._links.items() if keep[r]}
         self._link_groups = None
         kept_before = np.concatenate(([0], np.cumsum(keep)))
-        marks: dict[int, int] = {}
-        for r, sid in zip(self._mark_rows, self._mark_ids):
-            marks[int(kept_before[min(r, n)])] = sid     # later marks at a row win
-        self._mark_rows, self._mark_ids = list(marks), list(marks.values())
+        starts = kept_before[np.minimum(np.array(self._mark_rows), n)]
+        ids = np.array(self._mark_ids)
+        last = np.append(starts[1:] != starts[:-1], True)     # later marks at a row win
+        starts, ids = starts[last], ids[last]
+        change = np.append(True, ids[1:] != ids[:-1])          # drop repeated scopes
+        self._mark_rows, self._mark_ids = starts[change].tolist(), ids[change].tolist()
         self._epoch += 1
         self._reclaim_at = max(self._reclaim_min, 2 * kept)
         self._set_limit()
@@ -885,27 +887,35 @@ class scope:
     Scopes nest into paths (``"layer1/neuron3"``); pictures draw them as clusters and
     dumps show them after each row. ``tapegrad.nn`` modules open one per layer and
     neuron. Rows recorded on another tape while a scope is open are not marked.
+    A scope object may be reused and nested in itself, but not shared between threads.
     """
 
-    __slots__ = ("name", "_rows", "_outer")
+    __slots__ = ("name", "_paths", "_saved")
 
     def __init__(self, name: str) -> None:
         if not isinstance(name, str) or not name:
             raise TypeError(f"scope name must be a non-empty str, got {name!r}")
         self.name = name
+        self._paths: dict[str, str] = {}       # outer path -> this scope's path
+        self._saved: list[tuple[str, _Rows]] = []
 
     def __enter__(self) -> scope:
         state = _state
-        self._outer = outer = state.scope
-        path = f"{outer}/{self.name}" if outer else self.name
+        outer = state.scope
+        path = self._paths.get(outer)
+        if path is None:
+            path = self._paths[outer] = f"{outer}/{self.name}" if outer else self.name
         state.scope = path
-        self._rows = _current_rows()
-        self._rows.mark_scope(path)
+        stack = state.stack
+        rows = (stack[-1] if stack else state.default)._rows
+        self._saved.append((outer, rows))
+        rows.mark_scope(path)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _state.scope = self._outer
-        self._rows.mark_scope(self._outer)
+        outer, rows = self._saved.pop()
+        _state.scope = outer
+        rows.mark_scope(outer)
 
 
 def _current_rows() -> _Rows:
