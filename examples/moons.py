@@ -3,6 +3,7 @@
     python examples/moons.py                    # 100 SGD steps, picture in moons.png
     python examples/moons.py --steps 20 --out boundary.png --seed 7
     python examples/moons.py --optimizer adam   # Adam instead of micrograd's SGD
+    python examples/moons.py --replay           # record the loss once, replay each step
 
 The default run is micrograd's demo with the import changed and its update loop
 spelled ``SGD(...).step()`` (the same float operations, so the same numbers bit for
@@ -21,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from tapegrad import Value
+from tapegrad import Function, Tape, Value
 from tapegrad.nn import MLP
 from tapegrad.optim import SGD, Adam, Optimizer
 
@@ -48,14 +49,24 @@ def make_data(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def loss(model: MLP, X: np.ndarray, y: np.ndarray) -> tuple[Value, float]:
     """micrograd's SVM max-margin loss with L2 regularization, and the accuracy."""
+    total_loss, scores = loss_and_scores(model, X, y)
+    return total_loss, accuracy(scores, y)
+
+
+def loss_and_scores(model: MLP, X: np.ndarray, y: np.ndarray) -> tuple[Value, list[Value]]:
+    """The loss Value and the model's score for every point."""
     inputs = [list(map(Value, xrow)) for xrow in X]
     scores = list(map(model, inputs))
     losses = [(1 + -yi * scorei).relu() for yi, scorei in zip(y, scores)]
     data_loss = sum(losses) * (1.0 / len(losses))
     reg_loss = ALPHA * sum(p * p for p in model.parameters())
-    total_loss = data_loss + reg_loss
-    accuracy = [(yi > 0) == (scorei.data > 0) for yi, scorei in zip(y, scores)]
-    return total_loss, sum(accuracy) / len(accuracy)
+    return data_loss + reg_loss, scores
+
+
+def accuracy(scores: Sequence[Value], y: np.ndarray) -> float:
+    """Share of points whose score has the sign of their label."""
+    hits = [(yi > 0) == (scorei.data > 0) for yi, scorei in zip(y, scores)]
+    return sum(hits) / len(hits)
 
 
 def make_optimizer(name: str, model: MLP) -> Optimizer:
@@ -91,6 +102,30 @@ def train_step(model: MLP, X: np.ndarray, y: np.ndarray, opt: Optimizer) -> tupl
 StepFn = Callable[[MLP, np.ndarray, np.ndarray, Optimizer], tuple[float, float]]
 
 
+def replay_step(model: MLP, X: np.ndarray, y: np.ndarray) -> StepFn:
+    """A step function that records the loss once, then replays the tape every step.
+
+    ``tape.forward()`` recomputes every row from the parameters' current data, so each
+    step does what ``train_step`` does without recording: the same losses, bit for bit.
+    """
+    with Tape("moons") as tape:
+        total_loss, scores = loss_and_scores(model, X, y)
+    fresh = True          # right after recording, the tape already holds step 0's values
+
+    def step(model: MLP, X: np.ndarray, y: np.ndarray, opt: Optimizer) -> tuple[float, float]:
+        nonlocal fresh
+        if not fresh:
+            tape.forward()
+        fresh = False
+        model.zero_grad()
+        total_loss.backward()
+        result = total_loss.data, accuracy(scores, y)
+        opt.step()
+        return result
+
+    return step
+
+
 def train(model: MLP, X: np.ndarray, y: np.ndarray, opt: Optimizer, steps: int,
           step: StepFn = train_step) -> list[tuple[float, float]]:
     """``steps`` steps from ``opt.lr`` down to a tenth of it, one ``step`` each; prints
@@ -116,12 +151,14 @@ def plot_boundary(model: MLP, X: np.ndarray, y: np.ndarray, path: str) -> bool:
         print(f"no picture: matplotlib is missing; {INSTALL_HINT} to draw the decision "
               f"boundary to {path}")
         return False
-    h = 0.25
     x_min, x_max = X[:, 0].min() - 1, X[:, 0].max() + 1
     y_min, y_max = X[:, 1].min() - 1, X[:, 1].max() + 1
-    xx, yy = np.meshgrid(np.arange(x_min, x_max, h), np.arange(y_min, y_max, h))
-    Z = np.array([model([Value(a), Value(b)]).data > 0
-                  for a, b in zip(xx.ravel(), yy.ravel())]).reshape(xx.shape)
+    xx, yy = np.meshgrid(np.linspace(x_min, x_max, 250), np.linspace(y_min, y_max, 250))
+    with Tape("boundary"):                      # the model on one point, recorded once ...
+        point = [Value(0.0), Value(0.0)]
+        score = model(point)
+    grid = np.column_stack([xx.ravel(), yy.ravel()])
+    Z = Function(inputs=point, outputs=score)(grid)[:, 0].reshape(xx.shape) > 0  # ... all 62,500
     fig, ax = plt.subplots(figsize=(5, 4.5))
     ax.contourf(xx, yy, Z, cmap=plt.cm.Spectral, alpha=0.8)
     ax.scatter(X[:, 0], X[:, 1], c=y, s=40, cmap=plt.cm.Spectral, edgecolors="k")
@@ -143,6 +180,9 @@ def parse_args(argv: Sequence[str | os.PathLike[str]] | None) -> argparse.Namesp
     parser.add_argument("--out", default="moons.png", help="decision-boundary picture (PNG)")
     parser.add_argument("--seed", type=int, default=1337,
                         help="seed of numpy (data) and random (initial weights)")
+    parser.add_argument("--replay", action="store_true",
+                        help="record the loss once and replay the tape each step "
+                             "(same losses, much faster)")
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
                         help=f"sgd: micrograd's update, lr {SGD_LR:g} decaying to "
                              f"{SGD_LR / 10:g}; adam: Adam, lr {ADAM_LR:g} decaying to "
@@ -166,8 +206,10 @@ def main(argv: Sequence[str | os.PathLike[str]] | None = None) -> int:
     opt = make_optimizer(args.optimizer, model)
 
     start = time.perf_counter()
-    train(model, X, y, opt, args.steps, step=train_step)
-    print(f"{args.steps} steps in {time.perf_counter() - start:.2f} s ({opt!r})")
+    step = replay_step(model, X, y) if args.replay else train_step
+    train(model, X, y, opt, args.steps, step=step)
+    mode = "replayed" if args.replay else "recorded"
+    print(f"{args.steps} steps ({mode}) in {time.perf_counter() - start:.2f} s ({opt!r})")
     plot_boundary(model, X, y, args.out)
     return 0
 

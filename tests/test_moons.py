@@ -162,3 +162,13 @@ def test_loss_is_a_value_and_accuracy_a_fraction(moons):
     X, y = moons.make_data(1337)
     total, acc = moons.loss(MLP(2, [4, 1]), X[:10], y[:10])
     assert isinstance(total, Value) and 0.0 <= acc <= 1.0
+
+
+def test_replay_mode_prints_the_same_losses_as_recording(moons, tmp_path, capsys):
+    assert moons.main(["--steps", "6", "--out", tmp_path / "eager.png"]) == 0
+    eager = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step")]
+    assert moons.main(["--steps", "6", "--replay", "--out", tmp_path / "replay.png"]) == 0
+    out = capsys.readouterr().out
+    replayed = [line for line in out.splitlines() if line.startswith("step")]
+    assert len(eager) == 6 and replayed == eager          # same losses, bit for bit
+    assert "(replayed)" in out and (tmp_path / "replay.png").read_bytes()[:4] == b"\x89PNG"
