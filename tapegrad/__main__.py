@@ -71,8 +71,9 @@ def _parser() -> argparse.ArgumentParser:
                     "SCRIPT is passed to it.",
         usage="tapegrad profile [options] SCRIPT [ARGS...]")
     p.add_argument("script", metavar="SCRIPT", help="the Python script to run")
-    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
-                   help="arguments for the script (its sys.argv[1:])")
+    script_args = p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                                 help="arguments for the script (its sys.argv[1:])")
+    script_args.required = False        # argparse would list it as required when SCRIPT is missing
     p.add_argument("--json", metavar="PATH", help="write the statistics and timings as JSON")
     p.add_argument("--plot", metavar="PATH",
                    help="write a picture of the level widths, the op mix and the backward "

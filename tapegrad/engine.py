@@ -84,16 +84,17 @@ class Value:
     @property
     def row(self) -> int:
         """This Value's row on its tape (rows renumber when a tape compacts)."""
+        self._tape.check_alive()
         return self._i
 
     # -- arithmetic: each operator records one row (rules in tapegrad.ops) ------------------
 
     __add__ = binary(ops.ADD)
-    __radd__ = binary(ops.ADD)
+    __radd__ = binary(ops.ADD, mirrored=True)
     __sub__ = binary(ops.SUB)
     __rsub__ = reflected(ops.SUB)
     __mul__ = binary(ops.MUL)
-    __rmul__ = binary(ops.MUL)
+    __rmul__ = binary(ops.MUL, mirrored=True)
     __truediv__ = binary(ops.DIV)
     __rtruediv__ = reflected(ops.DIV)
     __pow__ = binary(ops.POW)

@@ -44,6 +44,7 @@ class Function:
             if not isinstance(v, Value):
                 raise TypeError(f"outputs[{k}] must be a Value, got {type(v).__name__}")
         tape = outs[0]._tape
+        tape.check_alive()
         for k, v in enumerate(outs):
             if v._tape is not tape:
                 raise ValueError(f"outputs[{k}] is on tape {v._tape.name!r}, outputs[0] on "
@@ -131,6 +132,8 @@ class Function:
         """Outputs for one input vector ``(n_in,) -> (n_out,)`` or a batch ``(B, n_in)``."""
         self._compile()
         batch, one = self._batch(x)
+        if batch.shape[0] == 0:
+            return np.empty((0, self.n_outputs))
         outs = []
         for part in self._chunks(batch):
             values = self._values(part)
@@ -151,6 +154,8 @@ class Function:
         if self._backward is None:
             self._backward = Backward(self._plan, int(self._out_local[0]))
         batch, one = self._batch(x)
+        if batch.shape[0] == 0:
+            return np.empty(0), np.empty((0, self.n_inputs))
         vals, grads = [], []
         for part in self._chunks(batch):
             values = self._values(part)

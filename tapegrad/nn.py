@@ -56,7 +56,10 @@ def _activation(nonlin: object) -> str:
 
 
 def _check_size(n: object, who: str, unit: str) -> None:
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise TypeError(f"{who} needs a positive int number of {unit}, got {n!r} "
+                        f"({type(n).__name__})")
+    if n < 1:
         raise ValueError(f"{who} needs a positive int number of {unit}, got {n!r}")
 
 
@@ -239,6 +242,9 @@ class Neuron(_Scoped):
 
     def __call__(self, x: Sequence[Value | float]) -> Value:
         w = self.w
+        if not hasattr(x, "__len__"):
+            raise TypeError(f"{self!r} takes a sequence of {len(w)} inputs (Values or numbers), "
+                            f"got {x!r} ({type(x).__name__})")
         if len(x) != len(w):
             raise ValueError(f"{self!r} takes {len(w)} inputs, got {len(x)}")
         ident, sc = self._scoped
@@ -303,6 +309,9 @@ class MLP(Module):
 
     def __init__(self, nin: int, nouts: Sequence[int], nonlin: bool | str = "relu") -> None:
         _check_size(nin, "MLP", "inputs")
+        if not isinstance(nouts, Sequence) or isinstance(nouts, str):
+            raise TypeError(f"MLP needs nouts, a list of layer sizes such as [16, 16, 1]; "
+                            f"got {nouts!r} ({type(nouts).__name__})")
         nouts = list(nouts)
         if not nouts:
             raise ValueError("MLP needs at least one layer size in nouts, got []")

@@ -385,8 +385,8 @@ class _Rows:
         self._lv[:n] = data["level"]
         self._n = self._flushed = n
         self._set_low(0, n)
-        self._labels = {int(r): str(t) for r, t in zip(data["label_rows"], data["label_text"])}
-        self._scope_names = [str(x) for x in data["scope_names"]] or [""]
+        self._labels = data["labels"]
+        self._scope_names = data["scopes"] or [""]
         self._scope_index = {name: k for k, name in enumerate(self._scope_names)}
         self._mark_rows = data["mark_rows"].astype(int).tolist()
         self._mark_ids = data["mark_ids"].astype(int).tolist()
@@ -510,19 +510,42 @@ _FORMAT_VERSION = 1
 _FILE_ARRAYS = {   # name: (dtype kind, number of dimensions)
     "format": ("U", 0), "version": ("iu", 0), "name": ("U", 0), "opnames": ("U", 1),
     "op": ("iu", 1), "args": ("iu", 2), "const": ("f", 1), "value": ("f", 1),
-    "grad": ("f", 1), "level": ("iu", 1), "label_rows": ("iu", 1), "label_text": ("U", 1),
-    "scope_names": ("U", 1), "mark_rows": ("iu", 1), "mark_ids": ("iu", 1),
+    "grad": ("f", 1), "level": ("iu", 1), "label_rows": ("iu", 1),
+    "label_text_utf8": ("u", 1), "label_text_ends": ("iu", 1),
+    "scope_names_utf8": ("u", 1), "scope_names_ends": ("iu", 1),
+    "mark_rows": ("iu", 1), "mark_ids": ("iu", 1),
 }
+
+
+def _pack_strings(key: str, texts: list[str]) -> dict[str, np.ndarray]:
+    """Strings as one UTF-8 byte array and end offsets: any text survives, NUL included."""
+    encoded = [t.encode("utf-8") for t in texts]
+    return {f"{key}_utf8": np.frombuffer(b"".join(encoded), np.uint8),
+            f"{key}_ends": np.cumsum([len(b) for b in encoded], dtype=np.int64)}
+
+
+def _unpack_strings(data: dict[str, np.ndarray], key: str, where: str) -> list[str]:
+    blob, ends = data[f"{key}_utf8"], data[f"{key}_ends"]
+    if ends.size and (ends[-1] != blob.size or (np.diff(ends, prepend=0) < 0).any()):
+        raise ValueError(f"{where}: {key} offsets do not match their bytes")
+    raw = blob.tobytes()
+    try:
+        return [raw[a:b].decode("utf-8") for a, b in zip([0, *ends[:-1].tolist()], ends.tolist())]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{where}: {key} is not valid UTF-8 ({err})") from None
 
 
 def _read_tape_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The arrays of a tape file, checked for shape and consistency (ValueError if not)."""
     where = os.fspath(path)
+    if os.path.isdir(where):
+        raise IsADirectoryError(f"{where} is a directory, not a tape file")
+    if not zipfile.is_zipfile(where):       # (a missing file raises FileNotFoundError)
+        open(where, "rb").close()
+        raise ValueError(f"{where} is not a readable tapegrad tape file (not an .npz archive)")
     try:
         with np.load(where, allow_pickle=False) as npz:
             data = {key: npz[key] for key in npz.files}
-    except FileNotFoundError:
-        raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
         raise ValueError(f"{where} is not a readable tapegrad tape file ({type(err).__name__}: "
                          f"{err})") from None
@@ -569,16 +592,20 @@ def _read_tape_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
         expect = np.maximum(expect, np.where(a >= 0, level[np.maximum(a, 0)] + 1, 0))
     if not np.array_equal(expect, level):
         raise ValueError(f"{where}: levels do not match the operands (corrupted rows)")
-    if data["label_rows"].size != data["label_text"].size or (
+    labels = _unpack_strings(data, "label_text", where)
+    scopes = _unpack_strings(data, "scope_names", where)
+    if data["label_rows"].size != len(labels) or (
             data["label_rows"].size and (data["label_rows"].min() < 0
                                          or data["label_rows"].max() >= n)):
         raise ValueError(f"{where}: labels refer to rows outside the tape")
     marks, ids = data["mark_rows"], data["mark_ids"]
     if (marks.size != ids.size or marks.size == 0 or marks[0] != 0
             or (np.diff(marks) <= 0).any() or marks.max() > n or ids.min() < 0
-            or ids.max() >= max(data["scope_names"].size, 1)):
+            or ids.max() >= max(len(scopes), 1)):
         raise ValueError(f"{where}: scope marks are inconsistent")
     data["op"] = op
+    data["labels"] = dict(zip(data["label_rows"].tolist(), labels))
+    data["scopes"] = scopes
     return data
 
 
@@ -607,7 +634,8 @@ class Tape:
                  reclaim_min_rows: int = _RECLAIM_MIN_ROWS) -> None:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"Tape name must be a str, got {type(name).__name__}")
-        if not isinstance(reclaim_min_rows, int) or reclaim_min_rows < 1:
+        if (not isinstance(reclaim_min_rows, int) or isinstance(reclaim_min_rows, bool)
+                or reclaim_min_rows < 1):
             raise ValueError(f"reclaim_min_rows must be a positive int, got {reclaim_min_rows!r}")
         self.name = name if name is not None else f"tape-{next(_names)}"
         self.reclaim = bool(reclaim)
@@ -656,7 +684,9 @@ class Tape:
         Leaf values are whatever ``Value.data`` holds now (an optimizer step, new
         inputs), including leaves of other tapes linked into this one. Afterwards
         ``.data`` of every Value and ``backward()`` behave as if the recorded code had
-        run again. Raises :class:`tapegrad.GuardError` if a recorded comparison would
+        run again (bit for bit for + - * / relu abs neg sqrt; NumPy's tanh, exp, log,
+        sigmoid, sin, cos and pow may differ from Python's math in the last bit or
+        two). Raises :class:`tapegrad.GuardError` if a recorded comparison would
         come out differently: the recording no longer describes the program.
 
         The first call compiles a plan (levels, folded sum and product chains); later
@@ -691,8 +721,8 @@ class Tape:
             "const": cols.const, "value": cols.value, "grad": cols.grad,
             "level": cols.level,
             "label_rows": np.array([r for r, _ in labels], np.int64),
-            "label_text": np.array([t for _, t in labels], dtype=str),
-            "scope_names": np.array(rows._scope_names, dtype=str),
+            **_pack_strings("label_text", [t for _, t in labels]),
+            **_pack_strings("scope_names", rows._scope_names),
             "mark_rows": np.array(rows._mark_rows, np.int64),
             "mark_ids": np.array(rows._mark_ids, np.int64),
         }
@@ -723,7 +753,7 @@ class Tape:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the tape's buffers (allocated capacity, all columns)."""
+        """Bytes the recorded rows occupy (rows × 41); spare capacity is not counted."""
         return self._rows.nbytes()
 
     # -- read-only views of the rows -------------------------------------------------------
@@ -803,6 +833,8 @@ class Tape:
 
     def scope_of(self, row: int) -> str:
         """The scope path ``row`` was recorded in (``""`` when none)."""
+        if not isinstance(row, (int, np.integer)) or isinstance(row, bool):
+            raise TypeError(f"row must be an int, got {type(row).__name__}")
         rows = self._rows
         if not 0 <= row < rows._n:
             raise IndexError(f"row {row} is not on tape {self.name!r} ({rows._n} rows)")
@@ -997,9 +1029,14 @@ def _target(values: list) -> _Rows:
     return target if target is not None else _current_rows()
 
 
-def _record_general(op: Op, a: Any, b: Any = None, reflected: bool = False) -> Any:
+def _record_general(op: Op, a: Any, b: Any = None, reflected: bool = False,
+                    mirrored: bool = False) -> Any:
     """Every case the inlined fast paths leave out: other number types, leaves used on
-    another tape or off the current tape, a full staging block, and bad operands."""
+    another tape or off the current tape, a full staging block, and bad operands.
+
+    ``reflected``: the number is the left operand (``2 - a``); ``mirrored``: the user
+    wrote ``b <op> a`` but the op is commutative and records ``a <op> b`` (errors still
+    name the operands in the order written)."""
     const = 0.0
     if op.arity == 1:
         values = [a]
@@ -1009,7 +1046,7 @@ def _record_general(op: Op, a: Any, b: Any = None, reflected: bool = False) -> A
         try:
             const = as_number(b, "the other operand")
         except (TypeError, ValueError) as err:
-            raise _operand_error(op, a, b, reflected, err) from None
+            raise _operand_error(op, a, b, reflected or mirrored, err) from None
         values = [a]
     t = _target(values)
     t.make_room(len(values) + 1)
@@ -1044,8 +1081,11 @@ def _record_general(op: Op, a: Any, b: Any = None, reflected: bool = False) -> A
 # operands' rows and levels read once, the value into the array, the other fields onto
 # the staging list. Anything unusual goes to _record_general.
 
-def binary(op: Op) -> Callable[[Any, Any], Any]:
-    """The facade method ``a <op> b`` (``b`` a Value, or a number kept as the immediate)."""
+def binary(op: Op, mirrored: bool = False) -> Callable[[Any, Any], Any]:
+    """The facade method ``a <op> b`` (``b`` a Value, or a number kept as the immediate).
+
+    ``mirrored``: the method serves ``b <op> a`` for a commutative op (``__radd__``).
+    """
     code = op.code
     scalar = op.scalar
     evaluate = op.evaluate
@@ -1099,10 +1139,12 @@ def binary(op: Op) -> Callable[[Any, Any], Any]:
                 v._i = r
                 v._l = level
                 return v
-        return _record_general(op, a, b, False)
+        return _record_general(op, a, b, False, mirrored)
 
-    method.__name__ = f"__{op.name}__"
-    method.__doc__ = f"Record ``self {op.symbol} other`` as one row ({op.name})."
+    method.__name__ = f"__r{op.name}__" if mirrored else f"__{op.name}__"
+    method.__qualname__ = f"Value.{method.__name__}"
+    method.__doc__ = (f"Record ``other {op.symbol} self`` as one row ({op.name}, commutative)."
+                      if mirrored else f"Record ``self {op.symbol} other`` as one row ({op.name}).")
     return method
 
 
@@ -1140,6 +1182,7 @@ def reflected(op: Op) -> Callable[[Any, Any], Any]:
         return _record_general(op, a, b, True)
 
     method.__name__ = f"__r{op.name}__"
+    method.__qualname__ = f"Value.{method.__name__}"
     method.__doc__ = f"Record ``other {op.symbol} self`` as one row ({op.name})."
     return method
 
@@ -1176,6 +1219,7 @@ def unary(op: Op) -> Callable[[Any], Any]:
         return _record_general(op, a)
 
     method.__name__ = op.name
+    method.__qualname__ = f"Value.{op.name}"
     method.__doc__ = f"Record ``{op.name}(self)`` as one row."
     return method
 
@@ -1189,6 +1233,7 @@ def compare(op: Op) -> Callable[[Any, Any], bool]:
         return out._tape.value(out._i) != 0.0
 
     method.__name__ = f"__{op.name}__"
+    method.__qualname__ = f"Value.{method.__name__}"
     method.__doc__ = (f"``self {op.symbol} other`` as a bool, recorded as a guard that a "
                       "replay checks.")
     return method
