@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import array
 import bisect
+import ctypes
 import gc
 import itertools
 import math
@@ -51,6 +52,7 @@ _STAGE_WIDTH = 5            # staged fields per row: opcode, arg0, arg1, const, 
 _RECLAIM_MIN_ROWS = 1 << 20  # a reclaiming tape never compacts below this size
 _FIRST_CAPACITY = 1024
 _EXACT = 2**53              # ints up to this size convert to float64 exactly and fast
+_PLANS_KEPT = 8             # backward roots whose compiled plans a tape keeps
 _COLUMNS = {"_op": np.int8, "_a0": np.int32, "_a1": np.int32, "_c": np.float64,
             "_val": np.float64, "_lv": np.int32, "_low": np.int32, "_g": np.float64}
 _NUMPY_COLUMNS = tuple(_COLUMNS)
@@ -106,7 +108,7 @@ class _Rows:
         self._mark_ids: list[int] = [0]         # ... rows belong to this scope
         self._dropped = 0                       # rows freed by compaction so far
         self._plans: dict[Any, Any] = {}        # compiled plans, by (kind, epoch, ...)
-        self._replayed = False                  # forward() ran: backward uses plans too
+        self._replayed = 0                      # rows covered by the last forward()
         self._link_groups: list | None = None   # _links grouped by home, built on demand
         self._set_limit()
         _all_rows.add(self)
@@ -319,8 +321,10 @@ class _Rows:
         self.refresh_links()
         cols = self.columns()
         g = self._g
+        # roots that a forward() replayed use a compiled plan (built once, then reused);
+        # others, rows recorded since included, sweep eagerly
         key = ("backward", self._epoch, root)
-        if (self._replayed or key in self._plans) and not _anomaly.depth:
+        if root < self._replayed and not _anomaly.depth:
             entry = self._plans.get(key) or self._backward_plan(cols, root)
             plan, back, inner, leaves = entry
             values = plan.new_values()
@@ -399,9 +403,18 @@ class _Rows:
         plan = _plan.Plan.build(cols, rows, np.empty(0, np.int64))
         back = _plan.Backward(plan, int(plan.local(np.array([root]))[0]))
         entry = (plan, back, plan.rows[back.rows], plan.rows[plan.leaves])
-        self._plans = {k: v for k, v in self._plans.items() if k[1] == self._epoch}
-        self._plans[("backward", self._epoch, root)] = entry
+        self._remember(("backward", self._epoch, root), entry)
         return entry
+
+    def _remember(self, key: tuple, entry: Any) -> None:
+        """Cache a plan for the current epoch; the compiled backwards of at most
+        _PLANS_KEPT roots are kept, the oldest go first."""
+        plans = {k: v for k, v in self._plans.items() if k[1] == self._epoch and k != key}
+        roots = [k for k in plans if k[0] == "backward"]
+        for old in roots[: max(0, len(roots) - _PLANS_KEPT + 1)]:
+            del plans[old]
+        plans[key] = entry
+        self._plans = plans
 
     def forward(self) -> None:
         """Recompute every non-leaf row from the current leaf values, in place."""
@@ -415,14 +428,13 @@ class _Rows:
         plan = self._plans.get(key)
         if plan is None:
             plan = _plan.Plan.build(cols, np.arange(n), np.empty(0, np.int64))
-            self._plans = {k: v for k, v in self._plans.items()
-                           if k[0] != "forward" and k[1] == self._epoch}
-            self._plans[key] = plan
+            self._plans = {k: v for k, v in self._plans.items() if k[0] != "forward"}
+            self._remember(key, plan)
         values = plan.new_values()
         values[:n] = self._val[:n]
         plan.run(values, self.describe, timing, anomaly=bool(_anomaly.depth))
         self._val[plan.evaluated] = values[plan.evaluated]
-        self._replayed = True
+        self._replayed = n
         if probe is not None and hasattr(probe, "on_replay"):
             probe.on_replay(self.name, n, time.perf_counter() - start, timing)
 
@@ -474,6 +486,7 @@ class _Rows:
             arr[:kept] = a
             arr[kept:n] = 0
         self._n = self._flushed = kept
+        self._replayed = 0
 
     # -- size -------------------------------------------------------------------------
 
@@ -674,9 +687,17 @@ class Tape:
         return f"Tape(name={self.name!r}, rows={len(self)})"
 
     def reset(self) -> None:
-        """Free every row. Values recorded before raise :class:`ResetTapeError` when used."""
+        """Free every row. Values recorded before raise :class:`ResetTapeError` when used.
+
+        The buffers go back to the operating system: after freeing large ones, the C
+        allocator is asked to release its free memory (glibc's ``malloc_trim``), which
+        it would otherwise keep for later allocations.
+        """
+        large = self._rows._cap * ROW_BYTES >= _TRIM_BYTES
         self._rows.retire()
         self._rows = _Rows(self.name, self.reclaim, self.reclaim_min_rows, weakref.ref(self))
+        if large:
+            _release_free_memory()
 
     def forward(self) -> None:
         """Replay: recompute every non-leaf row from the current leaf values, in place.
@@ -845,6 +866,24 @@ class Tape:
 # ---------------------------------------------------------------------------------------
 # the current tape of each thread
 # ---------------------------------------------------------------------------------------
+
+_TRIM_BYTES = 1 << 22       # reset() of buffers this large asks the allocator to trim
+
+
+def _release_free_memory() -> None:
+    """Ask glibc to return free heap memory to the OS (no-op elsewhere)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
+
 
 class _AnomalyState:
     depth = 0       # open detect_anomaly() blocks (all threads)
