@@ -333,18 +333,10 @@ def reverse_sweep(cols: Columns, root: int, timing: Timing | None = None) -> Swe
 
     if reach is not None:
         inner &= reach[lo:hi]
-    # leaf ancestors: leaves of the interval (adding a zero adjoint is harmless) and
-    # leaves before it that some non-leaf row of the interval reads
-    edges = [(rows, tgt) for tgt, _ in slots]
-    edges += [(c.cons, c.tgt) for cs in chains_at.values() for c in cs]
-    before = []
-    for c, t in edges:
-        use = (t >= 0) & (t < lo)
-        if reach is not None:
-            use &= reach[c]
-        before.append(t[use])
-    leaves = np.concatenate([np.unique(np.concatenate(before)),
-                             np.flatnonzero(level == 0) + lo])
+    # leaf ancestors: the leaves the interval's rows read (rows before lo are leaves, by
+    # the closure) and the leaves inside it; for one that does not reach the root the
+    # adjoint added is zero, which changes nothing
+    leaves = np.concatenate([np.flatnonzero(consumed[:lo]), np.flatnonzero(level == 0) + lo])
     if timing is not None:
         timing.lap("leaves")
     return Sweep(adj, lo, inner, leaves)
