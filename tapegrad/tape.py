@@ -399,7 +399,8 @@ class _Rows:
     def _backward_plan(self, cols: _sweep.Columns, root: int) -> tuple:
         """Compiled backward for ``root``: (plan, schedule, tape rows of its non-leaf
         rows and of its leaves), cached until the tape renumbers its rows."""
-        rows = np.flatnonzero(_plan.ancestors(cols, np.array([root])))
+        sweep = _sweep.reverse_sweep(cols, root)      # its masks: the root's ancestors
+        rows = np.union1d(np.flatnonzero(sweep.inner) + sweep.lo, sweep.leaves)
         plan = _plan.Plan.build(cols, rows, np.empty(0, np.int64))
         back = _plan.Backward(plan, int(plan.local(np.array([root]))[0]))
         entry = (plan, back, plan.rows[back.rows], plan.rows[plan.leaves])
