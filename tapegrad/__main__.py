@@ -239,7 +239,7 @@ def _script_traceback(err: BaseException, path: str) -> str:
 
 def _leave(tape: Tape) -> None:
     """Make ``tape`` stop being current, even if the script left other tapes entered."""
-    stack = _tape._stack()
+    stack = _tape.entered_tapes()
     if stack and stack[-1] is tape:
         tape.__exit__(None, None, None)
         return

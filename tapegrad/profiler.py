@@ -241,16 +241,12 @@ class profile:
         self._tid = threading.get_native_id()
         self._rows_start = _tape.rows_recorded()
         self._start = perf_counter()
-        _tape._probes.append(self)
+        _tape.add_probe(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._end = perf_counter()
-        probes = _tape._probes
-        for k in range(len(probes) - 1, -1, -1):
-            if probes[k] is self:
-                del probes[k]
-                break
+        _tape.remove_probe(self)
         self._rows_end = _tape.rows_recorded()
         self._state = "done"
 
@@ -454,7 +450,7 @@ class profile:
 def _deliver(kind: str, tape_name: str, rows: int, seconds: float, timing: Any) -> None:
     """Hand one call to every active profiler (the tape calls only the innermost)."""
     end = perf_counter()
-    active = [p for p in _tape._probes if isinstance(p, profile) and p._state == "active"]
+    active = [p for p in _tape.probes() if isinstance(p, profile) and p._state == "active"]
     traced = any(p._tracing for p in active)
     call = _Call(kind, tape_name, rows, seconds, end, timing, threading.get_native_id(),
                  _tape.rows_recorded() if traced else -1)

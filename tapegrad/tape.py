@@ -113,12 +113,21 @@ class _Rows:
         self._set_limit()
         _all_rows.add(self)
 
+    def __del__(self) -> None:
+        if type(self) is _Rows:          # rows staged on a dropped tape still count
+            _count_flushed(self._n - self._flushed)
+
     def retire(self) -> None:
         """Free the buffers; later use of this tape's old Values raises ResetTapeError."""
+        _count_flushed(self._n - self._flushed)
         for slot in _Rows.__slots__:
             if slot not in ("name", "owner", "__weakref__"):
                 object.__delattr__(self, slot)
         self.__class__ = _RetiredRows
+
+    def staged(self) -> int:
+        """Rows recorded but not yet flushed into the NumPy columns."""
+        return self._n - self._flushed
 
     def check_alive(self) -> None:
         """Raise :class:`ResetTapeError` if these rows were retired (on a retired tape)."""
@@ -176,6 +185,7 @@ class _Rows:
             getattr(self, col)[a:b] = np.frombuffer(block, dtype=getattr(self, col).dtype)
         s.clear()
         self._flushed = b
+        _count_flushed(b - a)
         self._set_low(a, b)
 
     def _set_low(self, a: int, b: int) -> None:
@@ -926,9 +936,53 @@ _probes: list[Any] = []
 _all_rows: weakref.WeakSet[_Rows] = weakref.WeakSet()
 
 
+_flushed_total = 0              # rows ever flushed into any tape's columns (this process)
+_total_lock = threading.Lock()
+
+
 def rows_recorded() -> int:
-    """Rows recorded so far on all live tapes (this process)."""
-    return sum(rows.recorded for rows in list(_all_rows) if type(rows) is _Rows)
+    """Rows recorded so far in this process, on every tape and thread.
+
+    Monotonic: resetting, compacting or dropping a tape does not lower it; rows read
+    by ``Tape.load`` are not recorded and do not count.
+    """
+    staged = sum(rows.staged() for rows in list(_all_rows) if type(rows) is _Rows)
+    return _flushed_total + staged
+
+
+def _count_flushed(rows: int) -> None:
+    global _flushed_total
+    with _total_lock:
+        _flushed_total += rows
+
+
+def add_probe(probe: Any) -> None:
+    """Register a profiler probe: it is told of every backward and replay from now on.
+
+    A probe has ``on_backward(tape_name, rows, seconds, timing)`` and optionally
+    ``on_replay(tape_name, rows, seconds, timing)``; ``timing`` is a
+    :class:`tapegrad._sweep.Timing`. Only the innermost (last added) probe is called.
+    """
+    _probes.append(probe)
+
+
+def remove_probe(probe: Any) -> None:
+    """Unregister ``probe`` (its latest registration); a probe not registered is ignored."""
+    for k in range(len(_probes) - 1, -1, -1):
+        if _probes[k] is probe:
+            del _probes[k]
+            return
+
+
+def probes() -> tuple[Any, ...]:
+    """The registered probes, oldest first."""
+    return tuple(_probes)
+
+
+def entered_tapes() -> list[Tape]:
+    """This thread's ``with Tape()`` stack, outermost first (the list itself: popping
+    entries makes those tapes stop being current)."""
+    return _state.stack
 
 
 class _ThreadState(threading.local):
