@@ -1,0 +1,207 @@
+"""Graph primitives over a tape's operand columns: the one place for each algorithm.
+
+A tape is a DAG in topological order: row ``r``'s operands ``a0[r]``, ``a1[r]`` are
+rows before it, ``-1`` where the slot holds an immediate or is unused. Everything
+here works on plain NumPy arrays (operand columns, levels, masks) and is used by the
+backward sweep, replay plans, ``Function``, statistics and pictures alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_FIRST_BLOCK = 4096       # rows examined first when looking for a closed interval
+_BFS_ROUNDS = 24          # frontier rounds ancestors_bfs tries before giving up
+
+
+def consumers(a0: np.ndarray, a1: np.ndarray, n: int) -> np.ndarray:
+    """How many operand slots read each of the rows ``0..n-1`` (``-1`` slots ignored)."""
+    counts = np.zeros(n + 1, np.int64)
+    for args in (a0, a1):
+        counts += np.bincount(np.asarray(args, np.int64) + 1, minlength=n + 1)[: n + 1]
+    return counts[1:]
+
+
+def ancestors(a0: np.ndarray, a1: np.ndarray, level: np.ndarray,
+              outputs: np.ndarray) -> np.ndarray:
+    """Mask of the rows ``outputs`` depend on (themselves included), exactly.
+
+    Rows are visited one level group at a time from the highest level down, so the
+    cost is one vectorized step per level up to the highest output.
+    """
+    n = level.size
+    mark = np.zeros(n + 1, bool)                # last slot: the -1 operand
+    outputs = np.asarray(outputs, np.int64)
+    if outputs.size == 0:
+        return mark[:n]
+    mark[outputs] = True
+    hi = int(outputs.max()) + 1
+    order, starts = level_groups(level[:hi])
+    for s, e in zip(starts[:-1].tolist(), starts[1:].tolist()):
+        group = order[s:e]
+        live = group[mark[group]]
+        if live.size:
+            mark[a0[live]] = True
+            mark[a1[live]] = True
+    return mark[:n]
+
+
+def ancestors_bfs(a0: np.ndarray, a1: np.ndarray, root: int, lo: int,
+                  rounds: int = _BFS_ROUNDS) -> np.ndarray | None:
+    """Ancestor rows of ``root`` (ascending), found by frontier rounds, or ``None``
+    when the graph is deeper than ``rounds`` hops (the caller then uses the closed
+    interval). ``lo``: the start of the root's closed interval (see
+    :func:`closure_start`); operands below it are leaves and end a path."""
+    m = root + 1 - lo
+    seen = np.zeros(m, bool)
+    seen[m - 1] = True
+    frontier = np.array([root], np.int64)
+    leaves = []
+    for _ in range(rounds):
+        ops = np.concatenate((a0[frontier], a1[frontier])).astype(np.int64)
+        ops = ops[ops >= 0]
+        below = ops < lo
+        if below.any():
+            leaves.append(ops[below])
+            ops = ops[~below]
+        ops = ops - lo
+        ops = ops[~seen[ops]]
+        if ops.size == 0:
+            inner = np.flatnonzero(seen) + lo
+            if leaves:
+                return np.union1d(np.concatenate(leaves), inner)
+            return inner
+        ops = np.unique(ops)
+        seen[ops] = True
+        frontier = ops + lo
+    return None
+
+
+def closure_start(low: np.ndarray, root: int) -> int:
+    """Start ``lo`` of the smallest interval ``[lo, root]`` closed under non-leaf operands.
+
+    ``low[r]`` is the lowest row among ``r`` and its non-leaf operands. Every
+    non-leaf ancestor of ``root`` lies in ``[lo, root]`` (leaf operands may lie anywhere
+    before it). ``[L, root]`` is closed when ``low`` is at least ``L`` all over it, so
+    ``lo`` is the largest ``L`` whose suffix minimum of ``low`` reaches ``L``. The suffix
+    minimum is taken block by block downwards from the root, stopping at the first block
+    that holds ``lo``: cost is linear in ``root - lo``.
+    """
+    running = root
+    stop = root + 1
+    size = _FIRST_BLOCK
+    while True:
+        start = max(0, stop - size)
+        suffix_min = np.minimum.accumulate(low[start:stop][::-1])   # from stop-1 down
+        np.minimum(suffix_min, running, out=suffix_min)
+        closed = np.flatnonzero(suffix_min >= np.arange(stop - 1, start - 1, -1))
+        if closed.size:
+            return stop - 1 - int(closed[0])
+        running = int(suffix_min[-1])
+        stop = start
+        size *= 4
+
+
+def closure_start_small(low, root: int, limit: int) -> int | None:
+    """:func:`closure_start` by a Python scan (``low`` any indexable of ints), for
+    small intervals; ``None`` when the interval is longer than ``limit`` rows."""
+    running = low[root]
+    r = root
+    stop = max(root - limit, -1)
+    while r > running:
+        r -= 1
+        if r <= stop:
+            return None
+        x = low[r]
+        if x < running:
+            running = x
+    return r
+
+
+def level_groups(keys: np.ndarray, descending: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Positions sorted by ``keys`` (stable) and the start of each run of equal keys,
+    with ``len(keys)`` appended: group ``g`` is ``order[starts[g]:starts[g+1]]``."""
+    keys = np.asarray(keys)
+    if keys.size == 0:
+        return np.empty(0, np.int64), np.zeros(1, np.int64)
+    k = keys.astype(np.int64)
+    order = np.argsort(-k if descending else k, kind="stable")
+    sk = k[order]
+    starts = np.concatenate(([0], np.flatnonzero(sk[1:] != sk[:-1]) + 1, [sk.size]))
+    return order, starts
+
+
+def forest_roots(parent: np.ndarray) -> np.ndarray:
+    """The root of each node of a forest given by ``parent`` (roots point at
+    themselves), by pointer jumping: log2(depth) vectorized rounds."""
+    while True:
+        nxt = parent[parent]
+        if np.array_equal(nxt, parent):
+            return parent
+        parent = nxt
+
+
+def depths(parent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Depth (links to the root) and root of each node of a forest given by
+    ``parent`` (``-1`` at roots), by pointer jumping."""
+    k = parent.size
+    jump = parent.astype(np.int64, copy=True)
+    depth = (jump >= 0).astype(np.int64)
+    root = np.where(jump >= 0, jump, np.arange(k))
+    active = np.flatnonzero(jump >= 0)
+    while active.size:                  # both updates read the values of the last round
+        nxt = jump[active]
+        depth[active] += depth[nxt]
+        root[active] = root[nxt]
+        jump[active] = jump[nxt]
+        active = active[jump[active] >= 0]
+    return depth, root
+
+
+def chains(pred: np.ndarray) -> list[np.ndarray]:
+    """Paths through ``pred`` links (``pred[i]`` is ``i``'s predecessor on its path or
+    ``-1``), each bottom to top, length >= 2. Every node has at most one successor."""
+    k = pred.size
+    on = np.flatnonzero(pred >= 0)
+    if on.size == 0:
+        return []
+    in_path = np.zeros(k, bool)
+    in_path[on] = True
+    in_path[pred[on]] = True
+    members = np.flatnonzero(in_path)
+    depth, bottom = depths(pred)
+    order = members[np.lexsort((depth[members], bottom[members]))]
+    starts = np.flatnonzero(np.diff(bottom[order])) + 1
+    return [p for p in np.split(order, starts) if p.size >= 2]
+
+
+def single_reader_links(x: np.ndarray, y: np.ndarray, member: np.ndarray,
+                        fan: np.ndarray, allowed_y: np.ndarray | None = None) -> np.ndarray:
+    """``pred`` for :func:`chains`: row ``i`` (a ``member``) continues the path of its
+    operand ``x[i]`` (else ``y[i]``, where ``allowed_y``) when that operand is a member
+    read by nobody else (``fan == 1``). ``x``/``y`` index ``member`` and ``fan``."""
+    n = x.size
+    pred = np.full(member.size, -1, np.int64)
+    for operand, allowed in ((x, None), (y, allowed_y)):
+        ok = member[:n] & (pred[:n] < 0) & member[operand] & (fan[operand] == 1)
+        if allowed is not None:
+            ok &= allowed
+        pred[:n][ok] = operand[ok]
+    return pred
+
+
+def longest_chain(a0: np.ndarray, a1: np.ndarray, n: int) -> int:
+    """Rows in the longest path where each row is the only operand use of the one before
+    (0 for an empty tape)."""
+    if n == 0:
+        return 0
+    fan = consumers(a0, a1, n)
+    parent = np.full(n, -1, np.int64)
+    rows = np.arange(n, dtype=np.int64)
+    for args in (a0, a1):
+        a = np.asarray(args, np.int64)
+        single = a >= 0
+        single[single] = fan[a[single]] == 1
+        parent[a[single]] = rows[single]
+    depth, _ = depths(parent)
+    return int(depth.max()) + 1
