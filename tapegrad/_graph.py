@@ -15,11 +15,12 @@ _BFS_ROUNDS = 24          # frontier rounds ancestors_bfs tries before giving up
 
 
 def consumers(a0: np.ndarray, a1: np.ndarray, n: int) -> np.ndarray:
-    """How many operand slots read each of the rows ``0..n-1`` (``-1`` slots ignored)."""
-    counts = np.zeros(n + 1, np.int64)
+    """How many operand slots read each of the rows ``0..n-1`` (negative slots ignored)."""
+    counts = np.zeros(n, np.int64)
     for args in (a0, a1):
-        counts += np.bincount(np.asarray(args, np.int64) + 1, minlength=n + 1)[: n + 1]
-    return counts[1:]
+        args = np.asarray(args)
+        counts += np.bincount(args[args >= 0], minlength=n)[:n]
+    return counts
 
 
 def ancestors(a0: np.ndarray, a1: np.ndarray, level: np.ndarray,
@@ -205,3 +206,44 @@ def longest_chain(a0: np.ndarray, a1: np.ndarray, n: int) -> int:
         parent[a[single]] = rows[single]
     depth, _ = depths(parent)
     return int(depth.max()) + 1
+
+
+def retained(a0: np.ndarray, a1: np.ndarray, level: np.ndarray, low: np.ndarray,
+             live: np.ndarray) -> np.ndarray:
+    """Mask of the rows that the rows ``live`` need, conservatively: themselves, the
+    closed interval (:func:`closure_start`) of each live non-leaf row and the operands
+    of every kept row (leaves before an interval)."""
+    n = level.size
+    keep = np.zeros(n, bool)
+    if live.size == 0:
+        return keep
+    keep[live] = True
+    inner = np.unique(live[level[live] > 0])[::-1]
+    lows = memoryview(np.ascontiguousarray(low))
+    covered = n
+    for r in inner.tolist():
+        if r >= covered:        # inside a closed interval: so is its own
+            continue
+        start = closure_start_small(lows, r, 64)
+        covered = closure_start(low, r) if start is None else start
+        keep[covered: r + 1] = True
+    for args in (a0[keep], a1[keep]):
+        keep[args[args >= 0]] = True
+    return keep
+
+
+def descendants(a0: np.ndarray, a1: np.ndarray, level: np.ndarray,
+                sources: np.ndarray, upto: int) -> np.ndarray:
+    """Mask of the rows below ``upto`` that depend on any of ``sources`` (themselves
+    included): one vectorized step per level, lowest first."""
+    n = min(upto, level.size)
+    mark = np.zeros(n + 1, bool)              # last slot: the -1 operand, never marked
+    sources = np.asarray(sources, np.int64)
+    mark[sources[sources < n]] = True
+    order, starts = level_groups(level[:n], descending=False)
+    a0, a1 = a0[:n], a1[:n]
+    for s, e in zip(starts[:-1].tolist(), starts[1:].tolist()):
+        group = order[s:e]
+        hit = group[mark[a0[group]] | mark[a1[group]]]
+        mark[hit] = True
+    return mark[:n]

@@ -30,6 +30,7 @@ from time import perf_counter
 
 import numpy as np
 
+from . import _graph
 from .ops import ADD, GUARDS, MUL, OPS, SUB, Op
 
 _SUM_FAMILY = (ADD.code, SUB.code)
@@ -79,52 +80,6 @@ class GuardError(RuntimeError):
     """A replay would take a different branch than the recording: a recorded comparison
     comes out differently with the new values, so the tape no longer describes the
     program. Record again (or keep the branch fixed)."""
-
-
-def ancestors(cols, outputs: np.ndarray) -> np.ndarray:
-    """Mask of the rows ``outputs`` depend on (themselves included), exactly."""
-    n = cols.op.size
-    mark = np.zeros(n + 1, bool)                # last slot: the -1 operand
-    mark[outputs] = True
-    hi = int(outputs.max()) + 1
-    level = cols.level[:hi]
-    order = np.argsort(-level.astype(np.int64), kind="stable")
-    skeys = level[order]
-    cut = np.flatnonzero(np.diff(skeys)) + 1
-    a0, a1 = cols.a0, cols.a1
-    for group in np.split(order, cut):
-        live = group[mark[group]]
-        if live.size:
-            mark[a0[live]] = True
-            mark[a1[live]] = True
-    return mark[:n]
-
-
-def _chains(link: np.ndarray, pred: np.ndarray) -> list[np.ndarray]:
-    """Paths through ``pred`` links (``pred[i]`` is ``i``'s predecessor or -1), for the
-    rows where ``link`` is true; each path bottom to top, length >= 2."""
-    k = pred.size
-    on = np.flatnonzero(link)
-    if on.size == 0:
-        return []
-    in_path = np.zeros(k, bool)
-    in_path[on] = True
-    in_path[pred[on]] = True
-    members = np.flatnonzero(in_path)
-    # rank by pointer jumping towards the bottom of each path
-    jump = np.where(link, pred, -1)
-    depth = (jump >= 0).astype(np.int64)
-    bottom = np.where(jump >= 0, jump, np.arange(k))
-    active = members[jump[members] >= 0]
-    while active.size:
-        nxt = jump[active]
-        depth[active] += depth[nxt]
-        bottom[active] = bottom[nxt]
-        jump[active] = jump[nxt]
-        active = active[jump[active] >= 0]
-    order = members[np.lexsort((depth[members], bottom[members]))]
-    starts = np.flatnonzero(np.diff(bottom[order])) + 1
-    return [p for p in np.split(order, starts) if p.size >= 2]
 
 
 @dataclass
@@ -194,11 +149,12 @@ class Plan:
     # -- building ---------------------------------------------------------------------
 
     @classmethod
-    def build(cls, cols, rows: np.ndarray, given: np.ndarray) -> Plan:
+    def build(cls, cols, rows: np.ndarray, given: np.ndarray, schedule: bool = True) -> Plan:
         """Plan computing the non-leaf ``rows`` (tape rows, ascending) from the others.
 
         ``given`` lists tape rows whose values the caller supplies (inputs); they must
-        be leaves. Every operand of a covered non-leaf row must be covered.
+        be leaves. Every operand of a covered non-leaf row must be covered. Without
+        ``schedule`` the plan only serves a :class:`Backward` (no forward steps).
         """
         n = rows.size
         op = cols.op[rows]
@@ -229,13 +185,12 @@ class Plan:
         evaluated = np.flatnonzero((level > 0) & ~is_given)
         leaves = np.flatnonzero((level == 0) | is_given)
         plan = cls(rows, const_values, x, y, op, level, evaluated, leaves)
-        plan.steps = plan._schedule(cols)
+        if schedule:
+            plan.steps = plan._schedule(cols)
         return plan
 
     def _fan(self) -> np.ndarray:
-        fan = np.bincount(self.x[self.evaluated], minlength=self.size)
-        fan += np.bincount(self.y[self.evaluated], minlength=self.size)
-        return fan
+        return _graph.consumers(self.x[self.evaluated], self.y[self.evaluated], self.size)
 
     def _forward_chains(self, fan: np.ndarray) -> list[np.ndarray]:
         """Paths of single-reader ``+``/``-`` rows (sums) and of ``*`` rows (products)."""
@@ -253,7 +208,7 @@ class Plan:
                 ok = member[:n] & allowed & (pred[:n] < 0)
                 ok &= member[operand] & single[operand]
                 pred[:n][ok] = operand[ok]
-            paths += _chains(pred >= 0, pred)
+            paths += _graph.chains(pred)
         return paths
 
     def _sequential_chains(self, fan: np.ndarray, folded: np.ndarray) -> list[np.ndarray]:
@@ -271,7 +226,7 @@ class Plan:
         for operand in (self.x, self.y):
             ok = member[:n] & (pred[:n] < 0) & member[operand] & (fan[operand] == 1)
             pred[:n][ok] = operand[ok]
-        return [p for p in _chains(pred >= 0, pred) if p.size >= _SEQUENTIAL_MIN]
+        return [p for p in _graph.chains(pred) if p.size >= _SEQUENTIAL_MIN]
 
     def _schedule(self, cols) -> list:
         fan = self._fan()
@@ -417,11 +372,24 @@ class _FoldedChains:
 
 
 class Backward:
-    """Reverse schedule of a plan for one output: adjoints of all its rows."""
+    """Reverse schedule of a plan for one output: adjoints of all its rows.
 
-    def __init__(self, plan: Plan, output: int) -> None:
+    The one backward schedule of tapegrad, for eager ``backward()`` (over the root's
+    ancestors), compiled backward after a replay, and ``Function`` gradients. Every
+    single-reader chain is folded into a reversed cumulative product of its link
+    partials; the other rows go one level group at a time, highest level first, with
+    one gather x partial -> ``np.add.at`` per operand slot.
+
+    ``exact``: every row of the plan is an ancestor of the output. When not, a reach
+    mask travels with the adjoints so that rows that do not reach the output neither
+    receive a gradient nor pass on ``0 * inf = nan``; :attr:`reached` holds it.
+    """
+
+    def __init__(self, plan: Plan, output: int, exact: bool = True) -> None:
         self.plan = plan
         self.output = output                  # local row
+        self.exact = exact
+        self.reached: np.ndarray | None = None
         diff = np.array([o.partials is not None for o in OPS])
         rows = plan.evaluated[diff[plan.op[plan.evaluated]]]
         self.rows = rows                      # local rows with partials, ascending
@@ -429,14 +397,14 @@ class Backward:
                       for at in [np.flatnonzero(plan.op[rows] == c)]]
         pos = np.full(plan.size, -1, np.int64)
         pos[rows] = np.arange(rows.size)
-        fan = np.bincount(plan.x[rows], minlength=plan.size)
-        fan += np.bincount(plan.y[rows], minlength=plan.size)
+        self.pos = pos
+        fan = _graph.consumers(plan.x[rows], plan.y[rows], plan.size)
         has_partials = np.zeros(plan.size, bool)
         has_partials[rows] = True
         pred = np.full(plan.size, -1, np.int64)
         pred_slot = np.zeros(plan.size, np.int64)
         for slot, operand in ((0, plan.x), (1, plan.y)):
-            cand = has_partials[rows] & (pred[rows] < 0)
+            cand = pred[rows] < 0
             p = operand[rows]
             ok = cand & has_partials[p] & (fan[p] == 1) & (p != plan.sink)
             pred[rows[ok]] = p[ok]
@@ -445,7 +413,7 @@ class Backward:
         key = plan.level
         self.chains: dict[int, list[_FoldedChains]] = {}
         by_shape: dict[tuple[int, int], list[np.ndarray]] = {}
-        for path in _chains(pred >= 0, pred):
+        for path in _graph.chains(pred):
             folded[path] = True
             by_shape.setdefault((int(key[path[-1]]), path.size), []).append(path)
         n = rows.size                       # partial of row r, slot s: flat index s * n + pos
@@ -463,10 +431,11 @@ class Backward:
                 out, pred_slot[upper] * n + pos[upper],
                 *map(np.concatenate, (side_c, side_t, side_p))))
         rest = rows[~folded[rows]]
-        order = rest[np.argsort(-key[rest].astype(np.int64), kind="stable")]
-        cut = np.flatnonzero(np.diff(key[order])) + 1
+        order, starts = _graph.level_groups(key[rest])
+        order = rest[order]
         self.groups: dict[int, _LevelGroup] = {}
-        for group in np.split(order, cut) if order.size else []:
+        for s, e in zip(starts[:-1].tolist(), starts[1:].tolist()):
+            group = order[s:e]
             self.groups[int(key[group[0]])] = _LevelGroup(
                 group, pos[group], n + pos[group], plan.x[group], plan.y[group])
         self.keys = sorted(set(self.groups) | set(self.chains), reverse=True)
@@ -491,8 +460,12 @@ class Backward:
                     timing.op(rule.name, sel.size, perf_counter() - start)
         return part
 
-    def run(self, values: np.ndarray, timing=None) -> np.ndarray:
-        """Adjoints (shaped like ``values``) of every local row, seeded 1 at the output."""
+    def run(self, values: np.ndarray, timing=None, anomaly: bool = False) -> np.ndarray:
+        """Adjoints (shaped like ``values``) of every local row, seeded 1 at the output.
+
+        With ``anomaly``, :attr:`anomaly_found` is set to the first row in sweep order
+        whose finite adjoint times a local partial is nan or inf (see :meth:`_anomaly`).
+        """
         if timing is not None:
             timing.lap("schedule")
         part = self.partials(values, timing)
@@ -500,22 +473,74 @@ class Backward:
             timing.lap("partials")
         adj = np.zeros(values.shape)
         adj[self.output] = 1.0
+        reach = None
+        if not self.exact:
+            reach = np.zeros(self.plan.size, bool)
+            reach[self.output] = True
         with np.errstate(all="ignore"):
             for k in self.keys:
                 start = perf_counter() if timing is not None else 0.0
                 for ch in self.chains.get(k, ()):
                     seq = np.concatenate((adj[ch.rows[:1]], part[ch.links]), axis=0)
                     adj[ch.rows] = accumulate(np.multiply, seq)
-                    np.add.at(adj, ch.side_tgt, part[ch.side_part] * adj[ch.side_cons])
+                    if reach is not None:
+                        reach[ch.rows] = reach[ch.rows[:1]]
+                    _scatter(adj, reach, ch.side_tgt, part[ch.side_part], ch.side_cons)
                 group = self.groups.get(k)
                 if group is not None:
-                    g = adj[group.cons]
-                    np.add.at(adj, group.t0, part[group.p0] * g)
-                    np.add.at(adj, group.t1, part[group.p1] * g)
+                    _scatter(adj, reach, group.t0, part[group.p0], group.cons)
+                    _scatter(adj, reach, group.t1, part[group.p1], group.cons)
                 if timing is not None:
                     size = sum(ch.rows.size for ch in self.chains.get(k, ()))
                     size += group.cons.size if group is not None else 0
                     timing.groups.append((k, size, perf_counter() - start))
         if timing is not None:
             timing.lap("levels")
+        self.reached = reach
+        self.anomaly_found = self._anomaly(adj, part, reach) if anomaly else None
         return adj
+
+    def _anomaly(self, adj: np.ndarray, part: np.ndarray,
+                 reach: np.ndarray | None) -> tuple[int, int, float, float] | None:
+        """(local row, slot, partial, adjoint) of the first row, in sweep order (highest
+        level first, then the latest row), whose finite adjoint times the local partial
+        with respect to a used operand slot is nan or inf; None if there is none."""
+        plan, rows, n = self.plan, self.rows, self.rows.size
+        g = adj[rows]
+        p0, p1 = part[:n], part[n:]
+        used0 = plan.x[rows] < plan.rows.size      # an operand row (not a constant, the sink)
+        used1 = plan.y[rows] < plan.rows.size
+        with np.errstate(all="ignore"):
+            bad0 = np.isfinite(g) & ~np.isfinite(p0 * g)
+            bad1 = np.isfinite(g) & ~np.isfinite(p1 * g)
+        if g.ndim > 1:
+            bad0, bad1 = bad0.any(axis=1), bad1.any(axis=1)
+        bad0 &= used0
+        bad1 &= used1
+        if reach is not None:
+            bad0 &= reach[rows]
+            bad1 &= reach[rows]
+        bad = np.flatnonzero(bad0 | bad1)
+        if bad.size == 0:
+            return None
+        first = bad[np.lexsort((rows[bad], plan.level[rows[bad]]))[-1]]
+        slot = 0 if bad0[first] else 1
+        p = (p0 if slot == 0 else p1)[first]
+        gf = g[first]
+        if np.ndim(gf):
+            k = int(np.flatnonzero(~np.isfinite(p * gf))[0])
+            p, gf = p[k], gf[k]
+        return int(rows[first]), slot, float(p), float(gf)
+
+
+def _scatter(adj: np.ndarray, reach: np.ndarray | None, tgt: np.ndarray, part: np.ndarray,
+             cons: np.ndarray) -> None:
+    """``adj[tgt] += part * adj[cons]`` with repeated targets accumulated; with a reach
+    mask, only from consumers that reach the output (and marking their targets)."""
+    g = adj[cons]
+    w = part * g
+    if reach is not None:
+        live = reach[cons]
+        w[~live] = 0.0
+        reach[tgt[live]] = True
+    np.add.at(adj, tgt, w)

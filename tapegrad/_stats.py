@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ._sweep import Columns
+from . import _graph
+from ._rows import Columns
 from .ops import OPS
 
 
@@ -73,39 +74,7 @@ def _pow2_histogram(values: np.ndarray) -> dict[str, int]:
 
 def consumers(cols: Columns) -> np.ndarray:
     """How many row operand slots read each row."""
-    n = cols.op.size
-    counts = np.zeros(n + 1, np.int64)
-    for args in (cols.a0, cols.a1):
-        counts += np.bincount(args.astype(np.int64) + 1, minlength=n + 1)
-    return counts[1:]
-
-
-def longest_chain(cols: Columns, fan: np.ndarray) -> int:
-    """Rows in the longest path where each row is the only operand use of the one before.
-
-    Each row read exactly once points at its reader; the answer is the deepest node of
-    that forest plus one, found by pointer jumping.
-    """
-    n = cols.op.size
-    if n == 0:
-        return 0
-    parent = np.full(n, -1, np.int64)
-    rows = np.arange(n, dtype=np.int64)
-    for args in (cols.a0, cols.a1):
-        a = args.astype(np.int64)
-        use = a >= 0
-        single = use.copy()
-        single[use] = fan[a[use]] == 1
-        parent[a[single]] = rows[single]
-    dist = (parent >= 0).astype(np.int64)
-    active = np.flatnonzero(parent >= 0)
-    jump = parent.copy()
-    while active.size:                  # both updates read the values of the last round
-        nxt = jump[active]
-        dist[active] += dist[nxt]
-        jump[active] = jump[nxt]
-        active = active[jump[active] >= 0]
-    return int(dist.max()) + 1
+    return _graph.consumers(cols.a0, cols.a1, cols.op.size)
 
 
 def stats(cols: Columns, column_bytes: dict[str, int]) -> TapeStats:
@@ -125,7 +94,7 @@ def stats(cols: Columns, column_bytes: dict[str, int]) -> TapeStats:
         width_histogram=_pow2_histogram(widths),
         max_fanout=int(fan.max()) if n else 0,
         fanout_histogram=_pow2_histogram(fan),
-        longest_chain=longest_chain(cols, fan),
+        longest_chain=_graph.longest_chain(cols.a0, cols.a1, cols.op.size),
         nbytes={k: int(v) for k, v in column_bytes.items()},
         total_nbytes=total,
         bytes_per_node=total / n if n else 0.0,

@@ -1,43 +1,42 @@
-"""Vectorized passes over the tape's columns: the reverse sweep and reachability.
+"""Eager ``backward()``: the reverse sweep over a root's ancestors.
 
-Everything here works on NumPy arrays handed over by the tape (:class:`Columns`);
-nothing here owns or grows buffers.
+Cost follows the root's graph, not the tape (``docs/design.md`` has the picture):
 
-The reverse sweep (``docs/design.md`` has the picture):
+1. **Interval.** Every non-leaf ancestor of the root lies in ``[lo, root]``, the
+   smallest interval ending at the root that is closed under non-leaf operands
+   (:func:`tapegrad._graph.closure_start`); leaves may lie before it.
+2. **Small graphs** (at most :data:`SMALL_ROWS` non-leaf ancestors, found by a
+   depth-first walk that gives up beyond that) are swept row by row in Python with
+   each op's scalar partials: a few microseconds, no NumPy call.
+3. **Larger graphs.** The root's ancestors are found by a few vectorized frontier
+   rounds when the graph is shallow (``_graph.ancestors_bfs``: a random DAG whose
+   root reaches few rows costs what those rows cost); deep graphs use the interval.
+   Those rows become a :class:`tapegrad._plan.Plan` and the one backward schedule,
+   :class:`tapegrad._plan.Backward`, computes their adjoints. When the interval
+   holds rows that do not reach the root, a reach mask keeps them out.
+4. **Gradients.** Non-leaf ancestors get this call's gradient; leaves accumulate.
+   Leaves mirrored from another tape pass their share on to their home tape.
 
-1. **Interval.** Only rows in ``[lo, root]`` can be non-leaf ancestors of ``root``,
-   where ``lo`` starts the smallest interval ending at ``root`` that is closed under
-   non-leaf operands (a suffix minimum, block by block).
-2. **Local partials.** One vectorized call per opcode present (:mod:`tapegrad.ops`).
-3. **Chains.** Levels with few rows cost a fixed NumPy overhead each, and deep
-   graphs are mostly such levels: recurrences (``x = x * a + b``) and micrograd's
-   ``sum()`` chains. Among the rows of narrow levels, taken in row order, a run of
-   rows where each is the only consumer of the one before is folded: its adjoints
-   are one reversed cumulative product of the link partials.
-4. **Level groups.** The other rows are sorted by level (a folded run counts at the
-   level of its top) and processed from the highest level down. Within a level every
-   consumer's adjoint is final, so one gather × partial → ``np.add.at`` per operand
-   slot handles the whole level; ``add.at`` accumulates repeated operands (``a * a``,
-   a weight used by every sample).
-5. **Ancestors only.** If some row of the interval does not reach the root, an
-   ancestor mask travels with the adjoints so that such rows neither receive a
-   gradient nor pass on ``0 * inf = nan``.
+After a replay (``Tape.forward()``) the plan and schedule of a root are kept and
+reused while the tape's rows stay where they are.
 """
 
 from __future__ import annotations
 
 from time import perf_counter
-from typing import NamedTuple
+from typing import Any
 
 import numpy as np
 
+from . import _graph
+from ._plan import Backward, Plan
+from ._rows import Columns, Rows
 from .ops import OPS
 
-_FIRST_BLOCK = 4096   # rows examined first when looking for the closed interval
-_NARROW = 16          # levels with at most this many rows are candidates for folding
-_MIN_RUN = 8          # shorter chains stay in the level groups
+__all__ = ["Timing", "Columns", "backward", "SMALL_ROWS"]
 
-_DIFFERENTIABLE = np.array([op.partials is not None for op in OPS])
+SMALL_ROWS = 160     # graphs of up to this many non-leaf rows are swept row by row in Python
+_PLANS_KEPT = 8      # compiled backwards kept per tape
 
 
 class Timing:
@@ -64,334 +63,141 @@ class Timing:
         entry[1] += seconds
 
 
-class Columns(NamedTuple):
-    """Read-only views of a tape's rows (all of the same length)."""
+def backward(t: Rows, root: int, anomaly: bool = False,
+             timing: Timing | None = None) -> int:
+    """Add d(root)/d(row) to the gradients of ``root``'s ancestors on ``t``; rows swept.
 
-    op: np.ndarray
-    a0: np.ndarray
-    a1: np.ndarray
-    const: np.ndarray
-    value: np.ndarray
-    level: np.ndarray
-    low: np.ndarray
-    grad: np.ndarray
-
-
-def closure_start(cols: Columns, root: int) -> int:
-    """Start ``lo`` of the smallest interval ``[lo, root]`` closed under non-leaf operands.
-
-    Every non-leaf ancestor of ``root`` lies in that interval (leaf operands may lie
-    anywhere before it). ``[L, root]`` is closed when the ``low`` column (lowest row
-    among a row and its non-leaf operands) is at least ``L`` all over it, so ``lo`` is
-    the largest ``L`` whose suffix minimum of ``low`` reaches ``L``. The suffix minimum
-    is taken block by block downwards from the root, stopping at the first block that
-    holds ``lo``: cost is linear in ``root - lo``.
+    With ``anomaly``, raises ``FloatingPointError`` at the first row (in sweep order)
+    whose finite gradient times a local partial is nan or inf, before any gradient
+    is written.
     """
-    running = root
-    stop = root + 1
-    size = _FIRST_BLOCK
-    while True:
-        start = max(0, stop - size)
-        suffix_min = np.minimum.accumulate(cols.low[start:stop][::-1])   # from stop-1 down
-        np.minimum(suffix_min, running, out=suffix_min)
-        closed = np.flatnonzero(suffix_min >= np.arange(stop - 1, start - 1, -1))
-        if closed.size:
-            return stop - 1 - int(closed[0])
-        running = int(suffix_min[-1])
-        stop = start
-        size *= 4
+    if t.has_links():
+        t.refresh_links()
+    if timing is None:
+        graph = t.small_graph(root, SMALL_ROWS)
+        if graph is not None:
+            return _sequential(t, root, graph, anomaly)
+    return _vectorized(t, root, anomaly, timing)
 
 
-def operand_values(cols: Columns, rows: np.ndarray, arity: int) -> tuple[np.ndarray, object]:
-    """``(x, y)`` operand values of ``rows`` (all of one op), immediates filled in."""
-    i = cols.a0[rows]
-    x = cols.value[i]
-    if arity == 1:
-        return x, 0.0
-    j = cols.a1[rows]
-    y = cols.value[j]
-    for idx, side in ((np.flatnonzero(i < 0), x), (np.flatnonzero(j < 0), y)):
-        if idx.size:
-            side[idx] = cols.const[rows[idx]]
-    return x, y
+def _sequential(t: Rows, root: int, graph: list[tuple], anomaly: bool) -> int:
+    """Row-by-row sweep of a small graph (its non-leaf rows, descending) with the ops'
+    scalar partials; leaves collect what is left in ``adj``."""
+    vv = t.value_view()
+    adj = {root: 1.0}
+    pop = adj.pop
+    get = adj.get
+    grads = []
+    for r, code, i, j, c in graph:
+        g = pop(r)
+        grads.append((r, g))
+        op = OPS[code]
+        if op.guard:
+            continue
+        x = vv[i] if i >= 0 else c
+        y = vv[j] if j >= 0 else c
+        d0, d1 = op.local(x, y, vv[r])
+        if anomaly:
+            _check_scalar(t, r, op, i, j, d0, d1, g)
+        if i >= 0:
+            adj[i] = get(i, 0.0) + d0 * g
+        if j >= 0:
+            adj[j] = get(j, 0.0) + d1 * g
+    gv = t.grad_view()
+    for r, g in grads:
+        gv[r] = g
+    _leaf_shares(t, adj)
+    return len(graph) + len(adj)
 
 
-def local_partials(cols: Columns, rows: np.ndarray,
-                   timing: Timing | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``d row / d arg0`` and ``d row / d arg1`` for each of ``rows`` (0 where unused)."""
-    op = cols.op[rows]
-    p0 = np.zeros(rows.size)
-    p1 = np.zeros(rows.size)
-    if rows.size == 0:
-        return p0, p1
-    by_op = np.argsort(op, kind="stable")
-    sorted_op = op[by_op]
-    cut = (np.flatnonzero(sorted_op[1:] != sorted_op[:-1]) + 1).tolist()
-    with np.errstate(all="ignore"):
-        for s, e in zip([0] + cut, cut + [rows.size]):
-            rule = OPS[sorted_op[s]]
-            if rule.partials is None:
-                continue
-            start = perf_counter() if timing is not None else 0.0
-            idx = by_op[s:e]
-            sel = rows[idx]
-            x = y = out = None
-            if "x" in rule.reads or "y" in rule.reads:
-                x, y = operand_values(cols, sel, rule.arity)
-            if "o" in rule.reads:
-                out = cols.value[sel]
-            d0, d1 = rule.partials(x, y, out)
-            p0[idx] = d0
-            if rule.arity == 2:
-                p1[idx] = d1
-            if timing is not None:
-                timing.op(rule.name, e - s, perf_counter() - start)
-    return p0, p1
+def _check_scalar(t: Rows, r: int, op: Any, i: int, j: int, d0: float, d1: float,
+                  g: float) -> None:
+    if not np.isfinite(g):
+        return
+    for slot, arg, d in ((0, i, d0), (1, j, d1)):
+        if arg >= 0 and not np.isfinite(d * g):
+            raise_anomaly(t, r, slot, d, g)
 
 
-class _Chain(NamedTuple):
-    """A folded chain: rows where each is the only consumer of the row before it."""
-
-    rows: np.ndarray    # absolute rows, bottom to top
-    links: np.ndarray   # partial of each row w.r.t. the one before it, top row first
-    cons: np.ndarray    # side edges (operands other than the predecessor): consumer rows,
-    tgt: np.ndarray     # ... operand rows,
-    part: np.ndarray    # ... and partials
-
-
-def _consumer_counts(rows: np.ndarray, a0: np.ndarray, a1: np.ndarray, lo: int,
-                     m: int) -> np.ndarray:
-    """Number of consumers of each interval position in the mask ``rows`` (0 elsewhere).
-
-    ``a0``/``a1`` are the interval's operand columns (absolute rows, -1 for none).
-    """
-    counts = np.zeros(m, np.int64)
-    for args in (a0, a1):
-        local = args.astype(np.int64) - lo
-        local = local[(local >= 0)]
-        counts += np.bincount(local[rows[local]], minlength=m)
-    return counts
+def raise_anomaly(t: Rows, row: int, slot: int, partial: float, grad: float) -> None:
+    """Raise the FloatingPointError of ``detect_anomaly`` for a backward through ``row``."""
+    op, a0, a1, _ = t.row(row)
+    arg = a0 if slot == 0 else a1
+    raise FloatingPointError(
+        f"detect_anomaly: backward through {op.name} at row {row} of tape "
+        f"{t.name!r}{t.describe(row)}: its gradient {grad!r} times its local "
+        f"partial {partial!r} with respect to operand {slot} (row {arg}, value "
+        f"{t.value(arg)!r}) is {partial * grad!r}")
 
 
-def _find_chains(cand: np.ndarray, fan: np.ndarray, a0: np.ndarray, a1: np.ndarray,
-                 lo: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Chains worth folding among ``cand`` (interval positions, ascending).
-
-    Consecutive candidates are linked when the earlier one has a single consumer, the
-    later one. ``fan`` (consumers) is indexed by interval position; ``a0``/``a1`` are
-    the interval's operand columns (absolute rows). Returns ``(positions, on0)`` per
-    chain: bottom to top, and for each row but the first whether its predecessor is
-    operand 0.
-    """
-    prev, cur = cand[:-1], cand[1:]
-    on0 = a0[cur] == prev + lo
-    link = (fan[prev] == 1) & (on0 | (a1[cur] == prev + lo))
-    edge = np.zeros(link.size + 2, np.int8)
-    edge[1:-1] = link
-    step = edge[1:] - edge[:-1]
-    starts = np.flatnonzero(step == 1)
-    stops = np.flatnonzero(step == -1)
-    long = stops - starts + 1 >= _MIN_RUN
-    return [(cand[s: e + 1], on0[s:e]) for s, e in zip(starts[long].tolist(),
-                                                        stops[long].tolist())]
+def _leaf_shares(t: Rows, shares: dict[int, float]) -> None:
+    """Accumulate leaf adjoints; a mirrored leaf's share goes on to its home tape (the
+    mirror row holds this call's share)."""
+    gv = t.grad_view()
+    if not t.has_links():
+        for r, g in shares.items():
+            gv[r] += g
+        return
+    mirrors = dict(t.links())
+    for r, g in shares.items():
+        leaf = mirrors.get(r)
+        if leaf is None:
+            gv[r] += g
+        else:
+            gv[r] = g
+            leaf.grad += g
 
 
-def _chain(cols: Columns, rows: np.ndarray, on0: np.ndarray,
-           timing: Timing | None = None) -> _Chain:
-    """A folded chain from its rows (absolute, bottom to top)."""
-    q0, q1 = local_partials(cols, rows, timing)
-    a, b = cols.a0[rows], cols.a1[rows]
-    side0 = a >= 0                  # every operand slot except the predecessor's
-    side0[1:] &= ~on0
-    side1 = b >= 0
-    side1[1:] &= on0
-    return _Chain(
-        rows=rows,
-        links=np.where(on0, q0[1:], q1[1:])[::-1],
-        cons=np.concatenate((rows[side0], rows[side1])),
-        tgt=np.concatenate((a[side0], b[side1])),
-        part=np.concatenate((q0[side0], q1[side1])),
-    )
+def _rows_for(cols: Columns, root: int) -> tuple[np.ndarray, bool]:
+    """Tape rows the sweep covers (ascending, leaves included) and whether all of them
+    are ancestors of ``root``."""
+    lo = _graph.closure_start(cols.low, root)
+    exact = _graph.ancestors_bfs(cols.a0, cols.a1, root, lo)
+    if exact is not None:
+        return exact, True
+    a0, a1 = cols.a0[lo: root + 1], cols.a1[lo: root + 1]
+    before = np.concatenate((a0[(a0 >= 0) & (a0 < lo)], a1[(a1 >= 0) & (a1 < lo)]))
+    rows = np.concatenate((np.unique(before).astype(np.int64), np.arange(lo, root + 1)))
+    # an interval row nobody in the interval reads (but the root) does not reach it
+    read = _graph.consumers(a0.astype(np.int64) - lo, a1.astype(np.int64) - lo,
+                            root + 1 - lo)
+    inner = cols.level[lo: root + 1] > 0
+    read[-1] = 1
+    return rows, not (inner & (read == 0)).any()
 
 
-class Sweep(NamedTuple):
-    """Result of :func:`reverse_sweep`."""
-
-    adj: np.ndarray       # adjoint of every row up to the root, then a sink slot
-    lo: int               # start of the root's closed interval
-    inner: np.ndarray     # mask over rows lo..root: non-leaf ancestors
-    leaves: np.ndarray    # leaf rows whose adjoint to add, sorted, each once
-
-
-def reverse_sweep(cols: Columns, root: int, timing: Timing | None = None) -> Sweep:
-    """Adjoints of every row that reaches ``root`` (seeded with 1 at ``root``).
-
-    ``adj`` and ``reach`` carry one slot past the root: operand ``-1`` (an immediate
-    or an unused slot) indexes it, so edges never need masking; it collects garbage.
-    ``timing``, when given, receives the time per phase, per op and per level group.
-    """
-    hi = root + 1
-    adj = np.zeros(hi + 1)
-    adj[root] = 1.0
-    if cols.level[root] == 0:
-        return Sweep(adj, root, np.zeros(1, bool), np.array([root]))
-    lo = closure_start(cols, root)
-    if timing is not None:
-        timing.lap("interval")
-    m = hi - lo
-    level = cols.level[lo:hi]
-    op = cols.op[lo:hi]
-    a0 = cols.a0[lo:hi]                         # leaves hold -1 in both operand slots
-    a1 = cols.a1[lo:hi]
-    inner = level > 0
-    if not _DIFFERENTIABLE[op].all():           # rows without partials: no edges
-        inner &= _DIFFERENTIABLE[op]
-        a0 = np.where(inner, a0, -1)
-        a1 = np.where(inner, a1, -1)
-
-    # rows with no consumer in the interval (besides the root) do not reach the root
-    consumed = np.zeros(hi + 1, bool)           # slot hi (index -1): the "no operand" mark
-    consumed[a0] = True
-    consumed[a1] = True
-    dangling = inner & ~consumed[lo:hi]
-    dangling[m - 1] = False
-    reach = None
-    if dangling.any():   # some rows do not reach the root: carry an ancestor mask
-        reach = np.zeros(hi + 1, bool)
-        reach[root] = True
-
-    # rows of narrow levels may form chains worth folding; other rows go level by level
-    width = np.bincount(level)
-    narrow = width <= _NARROW
-    narrow[0] = False
-    chains_at: dict[int, list[_Chain]] = {}
-    keep = inner
-    if narrow.any():
-        is_cand = narrow[level] & inner
-        cand = np.flatnonzero(is_cand)
-        if cand.size >= _MIN_RUN:
-            fan = _consumer_counts(is_cand, a0, a1, lo, m)
-            keep = inner.copy()
-            for cpos, on0 in _find_chains(cand, fan, a0, a1, lo):
-                keep[cpos] = False
-                chain = _chain(cols, cpos + lo, on0, timing)
-                chains_at.setdefault(int(level[cpos[-1]]), []).append(chain)
-    if timing is not None:
-        timing.lap("chains")
-    pos = np.flatnonzero(keep)
-
-    # level groups, highest first: rows sorted by level; each group is a slice
-    keys = level[pos]
-    top = int(keys.max()) if keys.size else 0
-    order = pos[np.argsort((top - keys).astype(np.uint16 if top < 1 << 16 else np.int64),
-                           kind="stable")]
-    skeys = level[order]
-    starts = np.concatenate(([0], np.flatnonzero(np.diff(skeys)) + 1))
-    group_keys = skeys[starts].tolist() if skeys.size else []
-    groups = dict(zip(group_keys, zip(starts.tolist(),
-                                      np.append(starts[1:], skeys.size).tolist())))
-    rows = order + lo
-    if timing is not None:
-        timing.lap("schedule")
-    p0, p1 = local_partials(cols, rows, timing)
-    slots = ((a0[order].astype(np.int64), p0), (a1[order].astype(np.int64), p1))
-    if timing is not None:
-        timing.lap("partials")
-
-    with np.errstate(all="ignore"):
-        for k in sorted(set(group_keys) | set(chains_at), reverse=True):
-            start = perf_counter() if timing is not None else 0.0
-            for chain in chains_at.get(k, ()):
-                seq = np.empty(chain.links.size + 1)
-                seq[0] = adj[chain.rows[-1]]
-                seq[1:] = chain.links
-                adj[chain.rows] = np.cumprod(seq)[::-1]
-                if reach is not None:
-                    reach[chain.rows] = reach[chain.rows[-1]]
-                _scatter(adj, reach, chain.cons, chain.tgt, chain.part)
-            if k in groups:
-                s, e = groups[k]
-                c = rows[s:e]
-                g = adj[c]
-                if reach is not None:
-                    live = reach[c]
-                    g[~live] = 0.0
-                for tgt, part in slots:
-                    t = tgt[s:e]
-                    w = part[s:e] * g
-                    if reach is not None:
-                        w[~live] = 0.0
-                        reach[t[live]] = True
-                    np.add.at(adj, t, w)
-            if timing is not None:
-                size = sum(c.rows.size for c in chains_at.get(k, ()))
-                if k in groups:
-                    size += groups[k][1] - groups[k][0]
-                timing.groups.append((k, size, perf_counter() - start))
-    if timing is not None:
-        timing.lap("levels")
-
-    if reach is not None:
-        inner &= reach[lo:hi]
-    # leaf ancestors: the leaves the interval's rows read (rows before lo are leaves, by
-    # the closure) and the leaves inside it; for one that does not reach the root the
-    # adjoint added is zero, which changes nothing
-    leaves = np.concatenate([np.flatnonzero(consumed[:lo]), np.flatnonzero(level == 0) + lo])
+def _vectorized(t: Rows, root: int, anomaly: bool, timing: Timing | None) -> int:
+    cols = t.columns()
+    key = ("backward", root)
+    entry = t.plan(key) if root < t.replayed else None
+    if entry is None:
+        rows, exact = _rows_for(cols, root)
+        if timing is not None:
+            timing.lap("interval")
+        plan = Plan.build(cols, rows, np.empty(0, np.int64), schedule=False)
+        back = Backward(plan, int(plan.local(np.array([root]))[0]), exact)
+        entry = (plan, back)
+        if root < t.replayed:
+            t.remember(key, entry, _PLANS_KEPT)
+    plan, back = entry
+    values = plan.new_values()
+    values[: plan.rows.size] = cols.value[plan.rows]
+    adj = back.run(values, timing, anomaly)
+    if back.anomaly_found is not None:
+        local, slot, partial, grad = back.anomaly_found
+        raise_anomaly(t, int(plan.rows[local]), slot, partial, grad)
+    inner = back.rows
+    leaves = plan.leaves
+    if back.reached is not None:
+        inner = inner[back.reached[inner]]
+        leaves = leaves[back.reached[leaves]]
+    t.set_grads(plan.rows[inner], adj[inner])
+    shares = adj[leaves]
+    leaf_rows = plan.rows[leaves]
+    if t.has_links():
+        _leaf_shares(t, dict(zip(leaf_rows.tolist(), shares.tolist())))
+    else:
+        t.add_grads(leaf_rows, shares)
     if timing is not None:
         timing.lap("leaves")
-    return Sweep(adj, lo, inner, leaves)
-
-
-def backward_anomaly(cols: Columns, root: int,
-                     sweep: Sweep) -> tuple[int, int, float, float] | None:
-    """The first non-leaf ancestor, in sweep order (highest level first), whose finite
-    gradient times a local partial gives nan or inf: (row, slot, partial, gradient)."""
-    rows = np.flatnonzero(sweep.inner) + sweep.lo
-    if rows.size == 0:
-        return None
-    g = sweep.adj[rows]
-    p0, p1 = local_partials(cols, rows)
-    with np.errstate(all="ignore"):
-        bad0 = np.isfinite(g) & ~np.isfinite(p0 * g) & (cols.a0[rows] >= 0)
-        bad1 = np.isfinite(g) & ~np.isfinite(p1 * g) & (cols.a1[rows] >= 0)
-    bad = np.flatnonzero(bad0 | bad1)
-    if bad.size == 0:
-        return None
-    first = bad[np.lexsort((rows[bad], cols.level[rows[bad]]))[-1]]
-    slot = 0 if bad0[first] else 1
-    partial = (p0 if slot == 0 else p1)[first]
-    return int(rows[first]), slot, float(partial), float(g[first])
-
-
-def _scatter(adj: np.ndarray, reach: np.ndarray | None, cons: np.ndarray, tgt: np.ndarray,
-             part: np.ndarray) -> None:
-    """``adj[tgt] += part * adj[cons]`` with repeated targets accumulated."""
-    w = part * adj[cons]
-    if reach is not None:
-        live = reach[cons]
-        w[~live] = 0.0
-        reach[tgt[live]] = True
-    np.add.at(adj, tgt, w)
-
-
-def reachable(cols: Columns, live: np.ndarray) -> np.ndarray:
-    """Mask of rows that some row in ``live`` can reach (itself included), conservatively.
-
-    Each live non-leaf row keeps its whole closed interval (see :func:`closure_start`),
-    plus the leaves those intervals use.
-    """
-    n = cols.op.size
-    keep = np.zeros(n, bool)
-    if live.size == 0:
-        return keep
-    keep[live] = True
-    inner = np.unique(live[cols.level[live] > 0])[::-1]
-    covered = n
-    for r in inner.tolist():
-        if r >= covered:
-            continue
-        covered = closure_start(cols, r)
-        keep[covered: r + 1] = True
-    for args in (cols.a0[keep], cols.a1[keep]):
-        keep[args[args >= 0]] = True
-    return keep
+    return int(plan.rows.size)

@@ -2,23 +2,16 @@
 
 ``from tapegrad.engine import Value`` is a drop-in for ``from micrograd.engine import
 Value``: same operators, ``relu()``, ``backward()``, ``data``/``grad`` as floats. A Value
-holds only its tape and its row; the data, the gradient and the graph live on the tape.
+holds only the block of tape rows its row is in, its offset there and its level; the
+data, the gradient and the graph live on the tape.
 """
 
 from __future__ import annotations
 
-from . import ops
-from .tape import (
-    Tape,
-    _Rows,
-    as_number,
-    binary,
-    compare,
-    record_leaf,
-    reflected,
-    register_facade,
-    unary,
-)
+from . import _record, ops
+from ._record import as_number, binary, compare, reflected, unary
+from ._rows import Block
+from .tape import Tape
 
 __all__ = ["Value"]
 
@@ -31,61 +24,76 @@ class Value:
     the row's immediate constant (``x * 3`` records one row, not two).
     """
 
-    __slots__ = ("_tape", "_i", "_l")
+    __slots__ = ("_b", "_o", "_l")
     __array_ufunc__ = None   # numpy scalars and arrays defer to Value's reflected ops
 
-    _tape: _Rows
-    _i: int   # row on the tape
-    _l: int   # level of the row (0 for leaves)
+    _b: Block   # the block of rows this Value's row is in (it keeps them alive)
+    _o: int     # the row's offset in the block
+    _l: int     # level of the row (0 for leaves)
 
     def __init__(self, data: float, label: str = "") -> None:
         x = as_number(data, "Value(data)")
         if not isinstance(label, str):
             raise TypeError(f"label must be a str, got {type(label).__name__}")
-        self._tape, self._i = record_leaf(x, label)
-        self._l = 0
+        _record.record_leaf(self, x, label)
 
     # -- data and gradient -----------------------------------------------------------
 
     @property
     def data(self) -> float:
         """The forward value."""
-        return self._tape.value(self._i)
+        b = self._b
+        return b.rows.value(b.base + self._o)
 
     @data.setter
     def data(self, x: float) -> None:
-        self._tape.set_value(self._i, as_number(x, "Value.data"))
+        b = self._b
+        b.rows.set_value(b.base + self._o, as_number(x, "Value.data"))
 
     @property
     def grad(self) -> float:
         """d(root)/d(self) from the last ``backward()``; leaves accumulate across calls."""
-        return self._tape.grad(self._i)
+        b = self._b
+        return b.rows.grad(b.base + self._o)
 
     @grad.setter
     def grad(self, g: float) -> None:
-        self._tape.set_grad(self._i, as_number(g, "Value.grad"))
+        b = self._b
+        b.rows.set_grad(b.base + self._o, as_number(g, "Value.grad"))
 
     @property
     def label(self) -> str:
         """A name shown in pictures and dumps (``""`` when none)."""
-        return self._tape._labels.get(self._i, "")
+        b = self._b
+        return b.rows.label(b.base + self._o)
 
     @label.setter
     def label(self, text: str) -> None:
         if not isinstance(text, str):
             raise TypeError(f"label must be a str, got {type(text).__name__}")
-        self._tape._labels[self._i] = text
+        b = self._b
+        b.rows.set_label(b.base + self._o, text)
 
     @property
     def tape(self) -> Tape:
         """The tape this Value's row is on."""
-        return Tape._of(self._tape)
+        return Tape.of(self._b.rows)
 
     @property
     def row(self) -> int:
         """This Value's row on its tape (rows renumber when a tape compacts)."""
-        self._tape.check_alive()
-        return self._i
+        b = self._b
+        b.rows.check_alive()
+        return b.base + self._o
+
+    @property
+    def level(self) -> int:
+        """Topological level of the row: 0 for leaves, else 1 + the highest operand's."""
+        return self._l
+
+    def is_leaf(self) -> bool:
+        """Whether this Value was made with ``Value(x)`` (not computed by an op)."""
+        return self._l == 0
 
     # -- arithmetic: each operator records one row (rules in tapegrad.ops) ------------------
 
@@ -130,24 +138,26 @@ class Value:
         """Fill ``.grad`` of every Value this one depends on with d(self)/d(that).
 
         Leaf gradients accumulate across calls (call ``zero_grad`` between steps);
-        non-leaf rows hold this call's gradient. No recursion: a vectorized reverse
-        sweep over the tape.
+        non-leaf rows hold this call's gradient. No recursion: small graphs are swept
+        row by row, larger ones by a vectorized schedule over the root's ancestors.
         """
-        self._tape.backward(self._i)
+        self.tape.backward_from(self.row)
 
     # -- micrograd's graph attributes ---------------------------------------------------
 
     @property
     def _prev(self) -> set[Value]:
         """The Values this one was computed from (constants are immediates, not Values)."""
-        t = self._tape
-        _, i, j, _ = t.row(self._i)
-        return {_facade_for(t, r) for r in {i, j} if r >= 0}
+        b = self._b
+        t = b.rows
+        _, i, j, _ = t.row(b.base + self._o)
+        return {_record.new_value(t, r, t.level(r)) for r in {i, j} if r >= 0}
 
     @property
     def _op(self) -> str:
         """The op that produced this Value, as micrograd names it (``""`` for leaves)."""
-        op, i, j, c = self._tape.row(self._i)
+        b = self._b
+        op, i, j, c = b.rows.row(b.base + self._o)
         if op is ops.POW and j < 0:
             return f"**{c:g}"
         return op.symbol
@@ -156,12 +166,4 @@ class Value:
         return f"Value(data={self.data}, grad={self.grad})"
 
 
-def _facade_for(t: _Rows, r: int) -> Value:
-    v = object.__new__(Value)
-    v._tape = t
-    v._i = r
-    v._l = t.level(r)
-    return v
-
-
-register_facade(Value)
+_record.register_facade(Value)

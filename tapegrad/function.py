@@ -18,17 +18,20 @@ on every call; list them among the inputs to vary them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from ._plan import Backward, Plan, ancestors
+from . import _context, _graph
+from ._plan import Backward, Plan
+from ._sweep import raise_anomaly
 from .engine import Value
 from .ops import GUARDS
-from .tape import _anomaly
 
 __all__ = ["Function"]
 
 _CHUNK_BYTES = 64 << 20       # value arrays are evaluated in batches of about this size
+_GUARD_CODES = np.array(sorted(GUARDS), np.int8)
 
 
 class Function:
@@ -43,21 +46,22 @@ class Function:
         for k, v in enumerate(outs):
             if not isinstance(v, Value):
                 raise TypeError(f"outputs[{k}] must be a Value, got {type(v).__name__}")
-        tape = outs[0]._tape
-        tape.check_alive()
+        tape = outs[0].tape
         for k, v in enumerate(outs):
-            if v._tape is not tape:
-                raise ValueError(f"outputs[{k}] is on tape {v._tape.name!r}, outputs[0] on "
+            if v.tape is not tape:
+                raise ValueError(f"outputs[{k}] is on tape {v.tape.name!r}, outputs[0] on "
                                  f"{tape.name!r}: all outputs must be on one tape")
         for k, v in enumerate(ins):
             if not isinstance(v, Value):
                 raise TypeError(f"inputs[{k}] must be a leaf Value, got {type(v).__name__}")
-            if v._l != 0:
+            if not v.is_leaf():
                 raise ValueError(f"inputs[{k}] is not a leaf (it was computed by an op); "
                                  "inputs must be Values made with Value(x)")
-            if v._tape is not tape and v not in tape._links:
+            try:
+                tape.row_of(v)
+            except ValueError:
                 raise ValueError(f"inputs[{k}] is not used on tape {tape.name!r}, where the "
-                                 "outputs were recorded")
+                                 "outputs were recorded") from None
         if len({id(v) for v in ins}) != len(ins):
             raise ValueError("inputs must not repeat a Value")
         self.inputs = ins
@@ -74,28 +78,46 @@ class Function:
     def n_outputs(self) -> int:
         return len(self.outputs)
 
+    @property
+    def tape(self) -> Any:
+        """The tape the outputs were recorded on."""
+        return self._tape
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Tape rows a call evaluates or reads (ascending; valid until the tape compacts)."""
+        self._compile()
+        return self._plan.rows
+
     def _compile(self) -> None:
-        """(Re)build the plan if the tape's rows were renumbered since the last call."""
+        """(Re)build the plan if the tape's rows moved since the last call."""
         t = self._tape
-        t.check_alive()
-        if self._epoch == t._epoch:
+        if self._epoch == t.epoch:
             return
         cols = t.columns()
-        self._in_rows = np.array([v._i if v._tape is t else t._links[v] for v in self.inputs],
-                                 np.int64)
-        self._out_rows = np.array([v._i for v in self.outputs], np.int64)
-        # the comparisons recorded on the way to the outputs decided which ops ran:
-        # replaying them checks that the recording still describes the program
-        top = int(self._out_rows.max())
-        guards = np.flatnonzero(np.isin(cols.op[:top], list(GUARDS)))
-        needed = ancestors(cols, np.concatenate((self._out_rows, guards)))
+        self._in_rows = np.array([t.row_of(v) for v in self.inputs], np.int64)
+        self._out_rows = np.array([v.row for v in self.outputs], np.int64)
+        self._guards = self._guards_to_check(cols)
+        needed = _graph.ancestors(cols.a0, cols.a1, cols.level,
+                                  np.concatenate((self._out_rows, self._guards)))
         needed[self._in_rows] = True
         rows = np.flatnonzero(needed)
         self._plan = Plan.build(cols, rows, self._in_rows)
         self._in_local = self._plan.local(self._in_rows)
         self._out_local = self._plan.local(self._out_rows)
         self._backward: Backward | None = None
-        self._epoch = t._epoch
+        self._epoch = t.epoch
+
+    def _guards_to_check(self, cols: Any) -> np.ndarray:
+        """The comparisons recorded before the last output that the inputs can flip:
+        they decided which ops ran, and replaying them checks that the recording still
+        describes the program for new inputs (docs/replay.md)."""
+        top = int(self._out_rows.max())
+        guards = np.flatnonzero(np.isin(cols.op[:top], _GUARD_CODES))
+        if guards.size == 0 or self._in_rows.size == 0:
+            return guards[:0]
+        depends = _graph.descendants(cols.a0, cols.a1, cols.level, self._in_rows, top)
+        return guards[depends[guards]]
 
     def _batch(self, x: object) -> tuple[np.ndarray, bool]:
         try:
@@ -114,19 +136,33 @@ class Function:
     def _values(self, batch: np.ndarray) -> np.ndarray:
         """Value array for ``batch``: ``(size,)`` for one sample (faster), else ``(size, B)``."""
         plan = self._plan
-        t = self._tape
-        t.refresh_links()
         one = batch.shape[0] == 1
         values = plan.new_values(None if one else batch.shape[0])
-        leaf_values = t._val[plan.rows[plan.leaves]]
+        leaf_values = self._leaf_values()
         values[plan.leaves] = leaf_values if one else leaf_values[:, None]
         values[self._in_local] = batch[0] if one else batch.T
+        return values
+
+    def _leaf_values(self) -> np.ndarray:
+        """Current values of the plan's leaves (mirrors of other tapes' leaves refreshed)."""
+        plan = self._plan
+        values = self._tape.values[plan.rows[plan.leaves]].copy()
+        rows = self._tape.rows_object()
+        if rows.has_links():
+            where = {r: k for k, r in enumerate(plan.rows[plan.leaves].tolist())}
+            for row, leaf in rows.links():
+                k = where.get(row)
+                if k is not None:
+                    values[k] = leaf.data
         return values
 
     def _chunks(self, batch: np.ndarray):
         step = max(1, _CHUNK_BYTES // (8 * self._plan.size * 3))
         for start in range(0, batch.shape[0], step):
             yield batch[start: start + step]
+
+    def _run(self, values: np.ndarray) -> None:
+        self._plan.run(values, self._tape.describe, anomaly=bool(_context.anomaly.depth))
 
     def __call__(self, x: object) -> np.ndarray:
         """Outputs for one input vector ``(n_in,) -> (n_out,)`` or a batch ``(B, n_in)``."""
@@ -137,7 +173,7 @@ class Function:
         outs = []
         for part in self._chunks(batch):
             values = self._values(part)
-            self._plan.run(values, self._tape.describe, anomaly=bool(_anomaly.depth))
+            self._run(values)
             outs.append(np.atleast_2d(values[self._out_local].T))
         result = np.concatenate(outs) if len(outs) > 1 else outs[0]
         return result[0] if one else result
@@ -146,21 +182,32 @@ class Function:
         """Output and its gradient w.r.t. the inputs, per sample (one output only).
 
         ``(n_in,)`` gives ``(float, (n_in,))``; ``(B, n_in)`` gives ``((B,), (B, n_in))``.
+        Rows that only feed a checked comparison take no part in the gradient. Under
+        :class:`tapegrad.detect_anomaly`, a nan or inf gradient raises
+        ``FloatingPointError`` as ``backward()`` does.
         """
         if self.n_outputs != 1:
             raise ValueError(f"value_and_grad needs a Function with one output, this one has "
                              f"{self.n_outputs}")
         self._compile()
         if self._backward is None:
-            self._backward = Backward(self._plan, int(self._out_local[0]))
+            # not exact: rows that only feed a guard are in the plan, not in the gradient
+            self._backward = Backward(self._plan, int(self._out_local[0]),
+                                      exact=self._guards.size == 0)
         batch, one = self._batch(x)
         if batch.shape[0] == 0:
             return np.empty(0), np.empty((0, self.n_inputs))
+        anomaly = bool(_context.anomaly.depth)
         vals, grads = [], []
         for part in self._chunks(batch):
             values = self._values(part)
-            self._plan.run(values, self._tape.describe, anomaly=bool(_anomaly.depth))
-            adj = self._backward.run(values)
+            self._run(values)
+            adj = self._backward.run(values, anomaly=anomaly)
+            found = self._backward.anomaly_found
+            if found is not None:
+                local, slot, partial, grad = found
+                raise_anomaly(self._tape.rows_object(), int(self._plan.rows[local]), slot,
+                              partial, grad)
             vals.append(np.atleast_1d(values[self._out_local[0]]))
             grads.append(np.atleast_2d(adj[self._in_local].T))
         v = np.concatenate(vals)

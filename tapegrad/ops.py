@@ -11,6 +11,12 @@ Each :class:`Op` carries its name, the symbol pictures and dumps show, how many
   vectorized over NumPy arrays (the reverse sweep). ``reads`` names the arguments
   the rule uses (letters of ``"xyo"``); the sweep gathers only those and passes
   ``None`` for the others.
+* ``scalar_partials(x, y, out)``: the same partials on Python floats, for the
+  sequential sweep of small graphs. It may raise like ``scalar``; :meth:`Op.local`
+  then falls back to the vectorized rule. A test checks that both rules agree.
+
+An op with operands must have partials unless it is a guard (a comparison, whose
+outcome a replay checks): defining one without is an error at import time.
 
 Binary ops take ``x`` and ``y``; either of them may be an immediate constant stored
 in the row instead of a Value operand (``x + 1.0``, ``2 ** x``), in which case the
@@ -45,6 +51,26 @@ class Op:
     forward: ArrayRule | None
     partials: PartialRule | None
     reads: str = "xyo"
+    scalar_partials: Callable[[float, float, float], tuple[float, float]] | None = None
+    guard: bool = False
+
+    def __post_init__(self) -> None:
+        if self.arity and not self.guard and (self.partials is None
+                                              or self.scalar_partials is None):
+            raise TypeError(f"op {self.name!r} takes operands but defines no partials "
+                            "(vectorized and scalar): it would get zero gradients silently. "
+                            "Give it partials, or make it a guard.")
+        if self.guard and self.partials is not None:
+            raise TypeError(f"guard op {self.name!r} must not define partials")
+
+    def local(self, x: float, y: float, out: float) -> tuple[float, float]:
+        """Local partials on Python floats with IEEE results (inf/nan, never an exception)."""
+        try:
+            return self.scalar_partials(x, y, out)
+        except (ArithmeticError, ValueError):
+            with np.errstate(all="ignore"):
+                d0, d1 = self.partials(np.float64(x), np.float64(y), np.float64(out))
+            return float(d0), float(d1)
 
     def evaluate(self, x: float, y: float = 0.0) -> float:
         """Forward rule on two Python floats with IEEE results (inf/nan, never an exception)."""
@@ -80,10 +106,32 @@ def _sigmoid_array(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _pow_partials(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> tuple[object, object]:
-    dx = y * np.power(x, y - 1.0)
+    # d(x**y)/dx = y * x**(y-1), which is 0 for y == 0 (not 0 * 0**-1 = nan at x == 0)
+    dx = np.where(y == 0, 0.0, y * np.power(x, y - 1.0))
     # d(x**y)/dy = x**y * log(x); at x == 0 with y >= 0 the limit is 0 (as in PyTorch)
     dy = np.where((x == 0) & (y >= 0), 0.0, out * np.log(x))
     return dx, dy
+
+
+def _pow_local(x: float, y: float, out: float) -> tuple[float, float]:
+    dx = 0.0 if y == 0 else y * math.pow(x, y - 1.0)
+    dy = 0.0 if x == 0 and y >= 0 else out * math.log(x)
+    return dx, dy
+
+
+def _div_local(x: float, y: float, out: float) -> tuple[float, float]:
+    d0 = 1.0 / y
+    return d0, -(x / y) / y
+
+
+def _div_partials(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> tuple[object, object]:
+    # -(x / y) / y, not -x / (y * y): y * y overflows or underflows where the result is
+    # finite (x = 1e300, y = 1e200 gives -1e-100, not 0)
+    return 1.0 / y, -(x / y) / y
+
+
+def _sign(x: float) -> float:
+    return (x > 0) - (x < 0) if x == x else x
 
 
 def _unary(fn: Callable[[float], float]) -> ScalarRule:
@@ -99,44 +147,49 @@ def _unary(fn: Callable[[float], float]) -> ScalarRule:
 # ---------------------------------------------------------------------------
 
 LEAF = Op(0, "leaf", "", 0, None, None, None)
-ADD = Op(1, "add", "+", 2, operator.add, np.add, lambda x, y, out: (1.0, 1.0), "")
-SUB = Op(2, "sub", "-", 2, operator.sub, np.subtract, lambda x, y, out: (1.0, -1.0), "")
-MUL = Op(3, "mul", "*", 2, operator.mul, np.multiply, lambda x, y, out: (y, x), "xy")
-DIV = Op(4, "div", "/", 2, operator.truediv, np.divide,
-         lambda x, y, out: (1.0 / y, -x / (y * y)), "xy")
-POW = Op(5, "pow", "**", 2, math.pow, np.power, _pow_partials)
+ADD = Op(1, "add", "+", 2, operator.add, np.add, lambda x, y, out: (1.0, 1.0), "",
+         lambda x, y, out: (1.0, 1.0))
+SUB = Op(2, "sub", "-", 2, operator.sub, np.subtract, lambda x, y, out: (1.0, -1.0), "",
+         lambda x, y, out: (1.0, -1.0))
+MUL = Op(3, "mul", "*", 2, operator.mul, np.multiply, lambda x, y, out: (y, x), "xy",
+         lambda x, y, out: (y, x))
+DIV = Op(4, "div", "/", 2, operator.truediv, np.divide, _div_partials, "xy", _div_local)
+POW = Op(5, "pow", "**", 2, math.pow, np.power, _pow_partials, "xyo", _pow_local)
 NEG = Op(6, "neg", "neg", 1, _unary(operator.neg), lambda x, y: np.negative(x),
-         lambda x, y, out: (-1.0, 0.0), "")
+         lambda x, y, out: (-1.0, 0.0), "", lambda x, y, out: (-1.0, 0.0))
 RELU = Op(7, "relu", "ReLU", 1, _relu, lambda x, y: np.where(x < 0, 0.0, x),
-          lambda x, y, out: ((out > 0) * 1.0, 0.0), "o")
+          lambda x, y, out: ((out > 0) * 1.0, 0.0), "o",
+          lambda x, y, out: (1.0 if out > 0 else 0.0, 0.0))
 TANH = Op(8, "tanh", "tanh", 1, _unary(math.tanh), lambda x, y: np.tanh(x),
-          lambda x, y, out: (1.0 - out * out, 0.0), "o")
+          lambda x, y, out: (1.0 - out * out, 0.0), "o",
+          lambda x, y, out: (1.0 - out * out, 0.0))
 SIGMOID = Op(9, "sigmoid", "sigmoid", 1, _sigmoid, _sigmoid_array,
-             lambda x, y, out: (out * (1.0 - out), 0.0), "o")
+             lambda x, y, out: (out * (1.0 - out), 0.0), "o",
+             lambda x, y, out: (out * (1.0 - out), 0.0))
 EXP = Op(10, "exp", "exp", 1, _unary(math.exp), lambda x, y: np.exp(x),
-         lambda x, y, out: (out, 0.0), "o")
+         lambda x, y, out: (out, 0.0), "o", lambda x, y, out: (out, 0.0))
 LOG = Op(11, "log", "log", 1, _unary(math.log), lambda x, y: np.log(x),
-         lambda x, y, out: (1.0 / x, 0.0), "x")
+         lambda x, y, out: (1.0 / x, 0.0), "x", lambda x, y, out: (1.0 / x, 0.0))
 SQRT = Op(12, "sqrt", "sqrt", 1, _unary(math.sqrt), lambda x, y: np.sqrt(x),
-          lambda x, y, out: (0.5 / out, 0.0), "o")
+          lambda x, y, out: (0.5 / out, 0.0), "o", lambda x, y, out: (0.5 / out, 0.0))
 ABS = Op(13, "abs", "abs", 1, _unary(math.fabs), lambda x, y: np.abs(x),
-         lambda x, y, out: (np.sign(x), 0.0), "x")
+         lambda x, y, out: (np.sign(x), 0.0), "x", lambda x, y, out: (_sign(x), 0.0))
 SIN = Op(14, "sin", "sin", 1, _unary(math.sin), lambda x, y: np.sin(x),
-         lambda x, y, out: (np.cos(x), 0.0), "x")
+         lambda x, y, out: (np.cos(x), 0.0), "x", lambda x, y, out: (math.cos(x), 0.0))
 COS = Op(15, "cos", "cos", 1, _unary(math.cos), lambda x, y: np.cos(x),
-         lambda x, y, out: (-np.sin(x), 0.0), "x")
+         lambda x, y, out: (-np.sin(x), 0.0), "x", lambda x, y, out: (-math.sin(x), 0.0))
 
 # Comparisons are guards: the facade returns a Python bool and records the outcome
 # (1.0 / 0.0) so that a replay can check that the program would take the same branch.
 # They have no partials: nothing is differentiated through a comparison.
 LT = Op(16, "lt", "<", 2, lambda x, y: float(x < y),
-        lambda x, y: np.less(x, y).astype(np.float64), None, "")
+        lambda x, y: np.less(x, y).astype(np.float64), None, "", guard=True)
 LE = Op(17, "le", "<=", 2, lambda x, y: float(x <= y),
-        lambda x, y: np.less_equal(x, y).astype(np.float64), None, "")
+        lambda x, y: np.less_equal(x, y).astype(np.float64), None, "", guard=True)
 GT = Op(18, "gt", ">", 2, lambda x, y: float(x > y),
-        lambda x, y: np.greater(x, y).astype(np.float64), None, "")
+        lambda x, y: np.greater(x, y).astype(np.float64), None, "", guard=True)
 GE = Op(19, "ge", ">=", 2, lambda x, y: float(x >= y),
-        lambda x, y: np.greater_equal(x, y).astype(np.float64), None, "")
+        lambda x, y: np.greater_equal(x, y).astype(np.float64), None, "", guard=True)
 
 OPS: tuple[Op, ...] = (LEAF, ADD, SUB, MUL, DIV, POW, NEG, RELU, TANH, SIGMOID,
                        EXP, LOG, SQRT, ABS, SIN, COS, LT, LE, GT, GE)
@@ -144,7 +197,7 @@ OPS: tuple[Op, ...] = (LEAF, ADD, SUB, MUL, DIV, POW, NEG, RELU, TANH, SIGMOID,
 
 BY_NAME: dict[str, Op] = {op.name: op for op in OPS}
 
-GUARDS = frozenset(op.code for op in (LT, LE, GT, GE))
+GUARDS = frozenset(op.code for op in OPS if op.guard)
 """Codes of the comparison ops."""
 
 assert all(op.code == i for i, op in enumerate(OPS)), "op codes must equal their position"

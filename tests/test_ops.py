@@ -104,7 +104,7 @@ def test_facade_records_op_and_backpropagates(op: Op):
             a, b = Value(x), Value(y)
             out = apply(a, b)
             out.backward()
-        assert t.opcodes[out._i] == op.code
+        assert t.opcodes[out.row] == op.code
         assert out.data == pytest.approx(op.evaluate(x, y), rel=1e-15)
         h = 1e-6 * max(1.0, abs(x))
         assert a.grad == pytest.approx(
@@ -125,12 +125,12 @@ def test_binary_op_with_an_immediate_on_either_side_records_one_row(op: Op):
         left = apply(a, y)      # Value op number
         right = apply(x, a)     # number op Value (reflected)
     assert len(t) == 3
-    assert t.args[left._i].tolist() == [a._i, -1]
+    assert t.args[left.row].tolist() == [a.row, -1]
     # the reflected row keeps the operand order, except that + and * may swap sides
-    assert sorted(t.args[right._i].tolist()) == [-1, a._i]
+    assert sorted(t.args[right.row].tolist()) == [-1, a.row]
     if op.name not in ("add", "mul"):
-        assert t.args[right._i].tolist() == [-1, a._i]
-    assert t.consts[left._i] == y and t.consts[right._i] == x
+        assert t.args[right.row].tolist() == [-1, a.row]
+    assert t.consts[left.row] == y and t.consts[right.row] == x
     left.backward()
     assert a.grad == pytest.approx(
         central_difference(lambda s: op.evaluate(s, y), x, 1e-6), rel=1e-6)

@@ -197,7 +197,7 @@ def test_function_prunes_rows_the_outputs_do_not_need():
     model, t, x, score, unrelated = model_function()
     f = Function(inputs=x, outputs=score)
     f(np.zeros(2))
-    covered = set(f._plan.rows.tolist())
+    covered = set(f.rows.tolist())
     assert unrelated.row not in covered and score.row in covered
     assert len(covered) < len(t)
 
@@ -287,7 +287,7 @@ def test_guard_error_names_the_label_and_the_sample_in_a_batch():
         h = x * 1.0
         ok = h >= 0.0                                # the outputs do not read h
         y = x * 3 if ok else x
-    t._rows._labels[h.row + 1] = "h >= 0"
+    t.value(h.row + 1).label = "h >= 0"
     f = Function(inputs=[x], outputs=y)
     assert f([[1.0], [2.0]]).tolist() == [[3.0], [6.0]]
     with pytest.raises(GuardError, match=r"row 2 'h >= 0' .*now False for sample 1"):
@@ -306,7 +306,7 @@ def test_long_recurrences_replay_row_by_row_exactly():
     recorded = t.values.copy()
     t.forward()
     assert t.values.tobytes() == recorded.tobytes()       # same scalar rules as recording
-    kinds = {type(step).__name__ for step in t._rows._plans[("forward", 0, len(t))].steps}
+    kinds = {type(step).__name__ for step in t.rows_object().plan(("forward", len(t))).steps}
     assert "_SequentialStep" in kinds
     w.data = 0.7
     t.forward()

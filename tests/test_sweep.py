@@ -68,11 +68,11 @@ def test_sweep_matches_sequential_reference(seed):
         for v in others:
             v.grad = 7.0                       # must stay untouched
         root.backward()
-    ref = reference_grads(t, root._i)
+    ref = reference_grads(t, root.row)
     for x in xs:
-        assert x.grad == pytest.approx(ref[x._i], rel=1e-12, abs=1e-300)
+        assert x.grad == pytest.approx(ref[x.row], rel=1e-12, abs=1e-300)
     grads = t.grads
-    inner = [r for r in range(root._i + 1) if not math.isnan(ref[r]) and t.levels[r] > 0]
+    inner = [r for r in range(root.row + 1) if not math.isnan(ref[r]) and t.levels[r] > 0]
     assert np.allclose(grads[inner], ref[inner], rtol=1e-12, atol=0)
     for v in others:
         assert v.grad == 7.0
@@ -90,7 +90,7 @@ def test_sweep_on_random_dags_with_shared_leaves():
             nodes.append(v)
         root = sum(nodes[-50:])
         root.backward()
-    ref = reference_grads(t, root._i)
+    ref = reference_grads(t, root.row)
     got = np.array([v.grad for v in leaves])
-    want = np.nan_to_num(ref[[v._i for v in leaves]], nan=0.0)
+    want = np.nan_to_num(ref[[v.row for v in leaves]], nan=0.0)
     assert np.allclose(got, want, rtol=1e-10, atol=1e-14)

@@ -9,6 +9,7 @@ import pytest
 
 from tapegrad import ResetTapeError, Tape, Value, current_tape
 from tapegrad import ops as O
+from tapegrad._rows import BLOCK_ROWS
 from tapegrad.tape import ROW_BYTES
 
 
@@ -53,7 +54,7 @@ def test_levels_are_one_more_than_the_deepest_operand():
         d = c * c
         e = d + a
         f = e + c
-    assert t.levels[[c._i, d._i, e._i, f._i]].tolist() == [1, 2, 3, 4]
+    assert t.levels[[c.row, d.row, e.row, f.row]].tolist() == [1, 2, 3, 4]
 
 
 def test_nbytes_counts_rows_and_stays_under_48_per_row():
@@ -75,7 +76,7 @@ def test_current_tape_and_nesting():
             v = Value(1.0) + 1
         assert current_tape() is outer
     assert current_tape() is default
-    assert v._tape is inner._rows
+    assert v.tape is inner
 
 
 def test_exiting_out_of_order_is_an_error():
@@ -137,7 +138,7 @@ def test_two_leaves_of_the_default_tape_combine_on_the_current_tape():
     with Tape("inside") as t:
         c = a * b
         d = c + a * a
-    assert c._tape is t._rows and d._tape is t._rows
+    assert c.tape is t and d.tape is t
     d.backward()
     assert a.grad == 5.0 + 4.0 and b.grad == 2.0
 
@@ -149,23 +150,26 @@ def test_a_leaf_of_another_tape_joins_a_non_leaf_on_its_tape():
     c = Value(4.0)                      # default tape
     with Tape("two"):
         d = b * c                       # records on "one", where b lives
-    assert d._tape is b._tape
+    assert d.tape is b.tape
     d.backward()
     assert c.grad == 6.0 and a.grad == 12.0
 
 
 def test_compact_keeps_live_values_working():
+    # a live Value keeps the block of BLOCK_ROWS rows it was recorded in: keep one graph
+    # in 100 (400 rows apart), so that most blocks hold nothing alive
     with Tape("compacting") as t:
         w = Value(0.5)
         kept = []
-        for k in range(50):
+        for k in range(500):
             x = Value(float(k))
             y = (w * x + 1.0).tanh()
-            if k % 10 == 0:
+            if k % 100 == 0:
                 kept.append((k, y))
         rows_before = len(t)
         freed = t.compact()
-    assert freed > 0 and len(t) == rows_before - freed
+    assert len(t) == rows_before - freed
+    assert len(t) <= (len(kept) + 2) * BLOCK_ROWS      # the blocks of w, the ys, the last
     for k, y in kept:
         assert y.data == pytest.approx(np.tanh(0.5 * k + 1.0))
         w.grad = 0.0
@@ -173,7 +177,7 @@ def test_compact_keeps_live_values_working():
         assert w.grad == pytest.approx((1 - np.tanh(0.5 * k + 1.0) ** 2) * k)
     with t:
         z = kept[-1][1] * 2
-    assert z.data == pytest.approx(2 * np.tanh(0.5 * 40 + 1.0))
+    assert z.data == pytest.approx(2 * np.tanh(0.5 * 400 + 1.0))
 
 
 def test_reclaiming_tape_stays_bounded_in_a_training_loop():

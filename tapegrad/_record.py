@@ -1,0 +1,327 @@
+"""Recording: the op methods of the ``Value`` facade, one row per scalar op.
+
+The three recorders :func:`binary`, :func:`reflected` and :func:`unary` build the
+facade's operator methods. They are the hot path of recording (one call per scalar
+op), so they are written out flat: the operands' blocks, offsets and levels read
+once, the value into the value column, the other fields onto the staging list.
+Anything unusual (other number types, leaves used off their tape, a full staging
+block, anomaly detection, bad operands) goes to :func:`record_general`, which
+writes the same row; ``tests/test_record.py`` checks that they agree.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from _thread import get_ident
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import _context
+from ._rows import Rows
+from .ops import LEAF, Op
+
+_EXACT = 2**53              # ints up to this size convert to float64 exactly and fast
+
+_facade: type = object   # set to tapegrad.engine.Value by register_facade()
+
+
+def register_facade(cls: type) -> None:
+    """Tell the recorders which class to build results with (``tapegrad.Value``)."""
+    global _facade
+    _facade = cls
+
+
+def new_value(t: Rows, row: int, level: int) -> Any:
+    """A facade for ``row`` of ``t``."""
+    blk = t.block_of(row)
+    v = object.__new__(_facade)
+    v._b = blk
+    v._o = row - blk.base
+    v._l = level
+    return v
+
+
+def _describe(x: object) -> str:
+    text = repr(x)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{text} ({type(x).__name__})"
+
+
+def as_number(x: object, what: str) -> float:
+    """``x`` as a float if it is a real number (NumPy scalars included), else an error
+    naming it: ``TypeError`` for the wrong type, ``ValueError`` for an int too large."""
+    if type(x) is float:
+        return x
+    if isinstance(x, _facade):
+        raise TypeError(f"{what} must be a real number, got a Value: {x!r}")
+    if isinstance(x, (numbers.Real, np.bool_)):
+        try:
+            return float(x)
+        except OverflowError as err:
+            raise ValueError(f"{what} does not fit in a float64: {_describe(x)}") from err
+    if isinstance(x, numbers.Complex):
+        raise TypeError(f"{what} must be a real number; complex numbers are not supported, "
+                        f"got {_describe(x)}")
+    raise TypeError(f"{what} must be a real number, got {_describe(x)}")
+
+
+def _operand_error(op: Op, a: object, b: object, reflected: bool,
+                   err: Exception) -> Exception:
+    left, right = (b, a) if reflected else (a, b)
+    where = (f"unsupported operand for {op.symbol}: "
+             f"{type(left).__name__} {op.symbol} {type(right).__name__}")
+    if isinstance(err, ValueError):
+        return ValueError(f"{where}: {err}")
+    why = "; complex numbers are not supported" if isinstance(b, numbers.Complex) else ""
+    return TypeError(f"{where}: expected a Value or a real number, got {_describe(b)}{why}")
+
+
+def _target(values: list) -> Rows:
+    """The tape an op on ``values`` records on: that of its non-leaf operands, else the
+    current one."""
+    target = None
+    for v in values:
+        t = v._b.rows
+        t.check_alive()
+        if v._l:
+            if target is not None and target is not t:
+                raise ValueError(
+                    f"cannot combine Values recorded on different tapes: {target.name!r} and "
+                    f"{t.name!r}. Non-leaf Values live on the tape that recorded them; "
+                    "record the whole computation on one tape (leaf Values may be shared)."
+                )
+            target = t
+    return target if target is not None else _context.current_rows()
+
+
+def _row_on(t: Rows, v: Any) -> int:
+    """Row of Value ``v`` on ``t``: its own, or a mirror row if it is a leaf from elsewhere."""
+    blk = v._b
+    if blk.rows is t:
+        return blk.base + v._o
+    return t.link(v, blk.base + v._o)
+
+
+def record_general(op: Op, a: Any, b: Any = None, reflected: bool = False,
+                   mirrored: bool = False) -> Any:
+    """Record ``a <op> b`` (or ``op(a)``) as one row, handling every case.
+
+    ``reflected``: the number is the left operand (``2 - a``); ``mirrored``: the user
+    wrote ``b <op> a`` but the op is commutative and records ``a <op> b`` (errors still
+    name the operands in the order written)."""
+    const = 0.0
+    if op.arity == 1:
+        values = [a]
+    elif isinstance(b, _facade):
+        values = [a, b]
+    else:
+        try:
+            const = as_number(b, "the other operand")
+        except (TypeError, ValueError) as err:
+            raise _operand_error(op, a, b, reflected or mirrored, err) from None
+        values = [a]
+    t = _target(values)
+    t.make_room(len(values) + 1)
+    rows = [_row_on(t, v) for v in values]
+    level = 1 + max(v._l for v in values)
+    if len(values) == 2:
+        i, j = rows
+        x, y = t.value(i), t.value(j)
+    elif op.arity == 1:
+        i, j = rows[0], -1
+        x, y = t.value(i), 0.0
+    elif reflected:
+        i, j = -1, rows[0]
+        x, y = const, t.value(j)
+    else:
+        i, j = rows[0], -1
+        x, y = t.value(i), const
+    out = op.evaluate(x, y)
+    if _context.anomaly.depth and not math.isfinite(out):
+        scope_name = _context.state.scope
+        where = f" [{scope_name}]" if scope_name else ""
+        operands = f"x = {x!r}" + (f", y = {y!r}" if op.arity == 2 else "")
+        raise FloatingPointError(
+            f"detect_anomaly: {op.name} produced {out} while recording row {t.size} of tape "
+            f"{t.name!r}{where}; operands {operands}")
+    r = t.append(op.code, i, j, const, out, level)
+    blk, base = t.current_block()
+    v = object.__new__(_facade)
+    v._b = blk
+    v._o = r - base
+    v._l = level
+    return v
+
+
+def binary(op: Op, mirrored: bool = False) -> Callable[[Any, Any], Any]:
+    """The facade method ``a <op> b`` (``b`` a Value, or a number kept as the immediate).
+
+    ``mirrored``: the method serves ``b <op> a`` for a commutative op (``__radd__``).
+    """
+    code = op.code
+    scalar = op.scalar
+    evaluate = op.evaluate
+    new = object.__new__
+
+    def method(a, b):
+        ba = a._b
+        t = ba.rows
+        if type(b) is _facade:
+            bb = b._b
+            la = a._l
+            lb = b._l
+            r = t._n
+            if bb.rows is t and r < t._limit and (la or lb or t._cur_tid == get_ident()):
+                vals = t._v
+                i = ba.base + a._o
+                j = bb.base + b._o
+                x = vals[i]
+                y = vals[j]
+                try:
+                    out = scalar(x, y)
+                except (ArithmeticError, ValueError):
+                    out = evaluate(x, y)
+                vals[r] = out
+                t._n = r + 1
+                level = (la if la > lb else lb) + 1
+                t._s += (code, i, j, 0.0, level)
+                v = new(_facade)
+                v._b = t._cur
+                v._o = r - t._cb
+                v._l = level
+                return v
+        elif type(b) is float or (type(b) is int and -_EXACT <= b <= _EXACT):
+            la = a._l
+            r = t._n
+            if r < t._limit and (la or t._cur_tid == get_ident()):
+                vals = t._v
+                i = ba.base + a._o
+                x = vals[i]
+                y = float(b)
+                try:
+                    out = scalar(x, y)
+                except (ArithmeticError, ValueError):
+                    out = evaluate(x, y)
+                vals[r] = out
+                t._n = r + 1
+                level = la + 1
+                t._s += (code, i, -1, y, level)
+                v = new(_facade)
+                v._b = t._cur
+                v._o = r - t._cb
+                v._l = level
+                return v
+        return record_general(op, a, b, False, mirrored)
+
+    method.__name__ = f"__r{op.name}__" if mirrored else f"__{op.name}__"
+    method.__qualname__ = f"Value.{method.__name__}"
+    method.__doc__ = (f"Record ``other {op.symbol} self`` as one row ({op.name}, commutative)."
+                      if mirrored else f"Record ``self {op.symbol} other`` as one row ({op.name}).")
+    return method
+
+
+def reflected(op: Op) -> Callable[[Any, Any], Any]:
+    """The facade method for ``number <op> a`` (the number becomes the immediate)."""
+    code = op.code
+    scalar = op.scalar
+    evaluate = op.evaluate
+    new = object.__new__
+
+    def method(a, b):
+        ba = a._b
+        t = ba.rows
+        if type(b) is float or (type(b) is int and -_EXACT <= b <= _EXACT):
+            la = a._l
+            r = t._n
+            if r < t._limit and (la or t._cur_tid == get_ident()):
+                vals = t._v
+                j = ba.base + a._o
+                x = float(b)
+                y = vals[j]
+                try:
+                    out = scalar(x, y)
+                except (ArithmeticError, ValueError):
+                    out = evaluate(x, y)
+                vals[r] = out
+                t._n = r + 1
+                level = la + 1
+                t._s += (code, -1, j, x, level)
+                v = new(_facade)
+                v._b = t._cur
+                v._o = r - t._cb
+                v._l = level
+                return v
+        return record_general(op, a, b, True)
+
+    method.__name__ = f"__r{op.name}__"
+    method.__qualname__ = f"Value.{method.__name__}"
+    method.__doc__ = f"Record ``other {op.symbol} self`` as one row ({op.name})."
+    return method
+
+
+def unary(op: Op) -> Callable[[Any], Any]:
+    """The facade method ``a.<op>()``."""
+    code = op.code
+    scalar = op.scalar
+    evaluate = op.evaluate
+    new = object.__new__
+
+    def method(a):
+        ba = a._b
+        t = ba.rows
+        la = a._l
+        r = t._n
+        if r < t._limit and (la or t._cur_tid == get_ident()):
+            vals = t._v
+            i = ba.base + a._o
+            x = vals[i]
+            try:
+                out = scalar(x, 0.0)
+            except (ArithmeticError, ValueError):
+                out = evaluate(x, 0.0)
+            vals[r] = out
+            t._n = r + 1
+            level = la + 1
+            t._s += (code, i, -1, 0.0, level)
+            v = new(_facade)
+            v._b = t._cur
+            v._o = r - t._cb
+            v._l = level
+            return v
+        return record_general(op, a)
+
+    method.__name__ = op.name
+    method.__qualname__ = f"Value.{op.name}"
+    method.__doc__ = f"Record ``{op.name}(self)`` as one row."
+    return method
+
+
+def compare(op: Op) -> Callable[[Any, Any], bool]:
+    """The facade method ``a < b`` (etc.): records the outcome as a guard row, returns a bool."""
+    record = binary(op)
+
+    def method(a, b):
+        out = record(a, b)
+        return out.data != 0.0
+
+    method.__name__ = f"__{op.name}__"
+    method.__qualname__ = f"Value.{method.__name__}"
+    method.__doc__ = (f"``self {op.symbol} other`` as a bool, recorded as a guard that a "
+                      "replay checks.")
+    return method
+
+
+def record_leaf(v: Any, x: float, label: str) -> None:
+    """Make ``v`` a new leaf with value ``x`` on the current tape."""
+    t = _context.current_rows()
+    r = t.append(LEAF.code, -1, -1, 0.0, x, 0)
+    if label:
+        t.set_label(r, label)
+    blk, base = t.current_block()
+    v._b = blk
+    v._o = r - base
+    v._l = 0
