@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from tapegrad import Function, Tape, Value, current_tape
-from tapegrad.nn import MLP
 from tapegrad._rows import BLOCK_ROWS
+from tapegrad.nn import MLP
 from tapegrad.tape import ROW_BYTES
 
 N_THREADS = 4
