@@ -115,6 +115,9 @@ class Module:
         was expected and what was found) and leaves the model untouched. A missing
         file raises ``FileNotFoundError``; a file that is not a tapegrad ``.npz``
         raises ``ValueError``. Gradients are not touched.
+
+        Only the member headers are read before those checks (see
+        :mod:`tapegrad._npzfile`): an unexpected or oversized member is refused unread.
         """
         path = os.fspath(path)
         tensors = self.tensors()
@@ -190,7 +193,7 @@ def _open_npz(path: str, max_members: int) -> _npzfile.NpzReader:
                               unreadable=unreadable)
 
 
-_MAX_META_BYTES = 1 << 24     # the format and architecture strings (4 bytes a character)
+_MAX_META_BYTES = 1 << 22     # the format and architecture strings (4 bytes a character)
 
 
 def _read_meta(npz: _npzfile.NpzReader, path: str) -> tuple[dict[str, _npzfile.Header],
