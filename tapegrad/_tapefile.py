@@ -8,22 +8,26 @@ raises ``ValueError`` for anything that is not a tape file this version reads.
 from __future__ import annotations
 
 import os
-import zipfile
+from collections.abc import Callable
 
 import numpy as np
 
+from ._npzfile import Header, Member, NpzReader, check_members
 from .ops import OPS
 
 FORMAT = "tapegrad-tape"
 FORMAT_VERSION = 1
-_FILE_ARRAYS = {   # name: (dtype kind, number of dimensions)
+_FILE_ARRAYS = {name: Member(kinds, ndim) for name, (kinds, ndim) in {
+    # name: (dtype kinds, number of dimensions)
     "format": ("U", 0), "version": ("iu", 0), "name": ("U", 0), "opnames": ("U", 1),
     "op": ("iu", 1), "args": ("iu", 2), "const": ("f", 1), "value": ("f", 1),
     "grad": ("f", 1), "level": ("iu", 1), "label_rows": ("iu", 1),
     "label_text_utf8": ("u", 1), "label_text_ends": ("iu", 1),
     "scope_names_utf8": ("u", 1), "scope_names_ends": ("iu", 1),
     "mark_rows": ("iu", 1), "mark_ids": ("iu", 1),
-}
+}.items()}
+_STRING_BYTES = {"format": 4096, "name": 1 << 22, "opnames": 1 << 20}
+"""Bytes at most in the members that do not grow with the rows."""
 
 
 def _pack_strings(key: str, texts: list[str]) -> dict[str, np.ndarray]:
@@ -44,28 +48,41 @@ def _unpack_strings(data: dict[str, np.ndarray], key: str, where: str) -> list[s
         raise ValueError(f"{where}: {key} is not valid UTF-8 ({err})") from None
 
 
+def _unreadable(where: str) -> Callable[[str, str | None], str]:
+    def message(kind: str, detail: str | None) -> str:
+        why = {"archive": "not an .npz archive",
+               "npy": "a single .npy array, not an .npz archive"}.get(kind, detail)
+        if kind == "archive" and detail:
+            why += f": {detail}"
+        return f"{where} is not a readable tapegrad tape file ({why})"
+    return message
+
+
+def _too_big(where: str, key: str, h: Header, limit: int, unit: str) -> ValueError:
+    return ValueError(f"{where}: array {key!r} declares shape {h.shape} of {h.dtype}, more "
+                      f"than {limit} {unit}")
+
+
 def read(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The arrays of a tape file, checked for shape and consistency (ValueError if not)."""
+    """The arrays of a tape file, checked for shape and consistency (ValueError if not).
+
+    Member headers are checked against the schema (names, dtypes, dimensions, every
+    per-row column of the same length as ``op``, the other members within what that
+    many rows need) before any data is read; see :mod:`tapegrad._npzfile`.
+    """
     where = os.fspath(path)
-    if os.path.isdir(where):
-        raise IsADirectoryError(f"{where} is a directory, not a tape file")
-    if not zipfile.is_zipfile(where):       # (a missing file raises FileNotFoundError)
-        open(where, "rb").close()
-        raise ValueError(f"{where} is not a readable tapegrad tape file (not an .npz archive)")
-    try:
-        with np.load(where, allow_pickle=False) as npz:
-            data = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
-        raise ValueError(f"{where} is not a readable tapegrad tape file ({type(err).__name__}: "
-                         f"{err})") from None
-    missing = sorted(set(_FILE_ARRAYS) - set(data))
-    if missing:
-        raise ValueError(f"{where} is not a tapegrad tape file: missing {', '.join(missing)}")
-    for key, (kinds, ndim) in _FILE_ARRAYS.items():
-        arr = data[key]
-        if arr.dtype.kind not in kinds or arr.ndim != ndim:
-            raise ValueError(f"{where}: array {key!r} has dtype {arr.dtype} and {arr.ndim} "
-                             "dimensions, not what a tapegrad tape file holds")
+    with NpzReader(where, what="tape file", max_members=len(_FILE_ARRAYS) + 16,
+                   unreadable=_unreadable(where)) as npz:
+        return _read(npz, where)
+
+
+def _read(npz: NpzReader, where: str) -> dict[str, np.ndarray]:
+    heads = npz.headers
+    check_members(heads, _FILE_ARRAYS, where, "tapegrad tape file")
+    for key, limit in _STRING_BYTES.items():
+        if heads[key].nbytes > limit:
+            raise _too_big(where, key, heads[key], limit, "bytes")
+    data = npz.read_all(("format", "version", "name", "opnames"))
     if str(data["format"]) != FORMAT:
         raise ValueError(f"{where} is not a tapegrad tape file (format {str(data['format'])!r})")
     if int(data["version"]) != FORMAT_VERSION:
@@ -75,17 +92,35 @@ def read(path: str | os.PathLike) -> dict[str, np.ndarray]:
     unknown = [str(n) for n in data["opnames"] if str(n) not in codes]
     if unknown:
         raise ValueError(f"{where} uses ops this tapegrad does not know: {unknown}")
-    n = data["op"].size
+    n = heads["op"].shape[0]
+    for key in ("args", "const", "value", "grad", "level"):
+        if heads[key].shape[0] != n:
+            raise ValueError(f"{where}: column {key!r} has {heads[key].shape[0]} rows, "
+                             f"opcodes have {n}")
+    if heads["args"].shape[1:] != (2,):
+        raise ValueError(f"{where}: 'args' must have two columns")
+    for key in ("label_rows", "label_text_ends"):
+        if heads[key].size > n:
+            raise _too_big(where, key, heads[key], n, "labels (one per row of its "
+                                                       f"{n} rows)")
+    for key in ("mark_rows", "mark_ids"):
+        if heads[key].size > n + 1:
+            raise ValueError(f"{where}: scope marks are inconsistent ({heads[key].size} "
+                             f"{key} for {n} rows)")
+    # every member is now bounded by n rows, except the scope names (bounded below by
+    # their offsets); none declares more than its zip entry holds (NpzReader)
+    data.update(npz.read_all(("op", "args", "const", "value", "grad", "level", "label_rows",
+                              "label_text_ends", "scope_names_ends", "mark_rows",
+                              "mark_ids")))
+    for key in ("label_text", "scope_names"):
+        ends, blob = data[f"{key}_ends"], heads[f"{key}_utf8"]
+        if blob.size != (int(ends[-1]) if ends.size else 0):
+            raise ValueError(f"{where}: {key} offsets do not match their bytes")
+        data[f"{key}_utf8"] = npz.read(f"{key}_utf8")
     if data["op"].size and (data["op"].min() < 0 or data["op"].max() >= data["opnames"].size):
         raise ValueError(f"{where}: opcodes out of range of its op table")
     op = np.array([codes[str(name)] for name in data["opnames"]], np.int8)[data["op"]]
-    for key in ("args", "const", "value", "grad", "level"):
-        if data[key].shape[0] != n:
-            raise ValueError(f"{where}: column {key!r} has {data[key].shape[0]} rows, "
-                             f"opcodes have {n}")
     args = data["args"]
-    if args.shape[1:] != (2,):
-        raise ValueError(f"{where}: 'args' must have two columns")
     rows = np.arange(n)
     if ((args < -1) | (args >= rows[:, None])).any():
         raise ValueError(f"{where}: an operand refers to a row that is not before it")

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import os
 import random
-import zipfile
-import zlib
 from collections.abc import Sequence
 from operator import mul
 from threading import get_ident
@@ -24,6 +22,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from . import _npzfile
 from .engine import Value
 from .tape import scope
 
@@ -116,35 +115,36 @@ class Module:
         was expected and what was found) and leaves the model untouched. A missing
         file raises ``FileNotFoundError``; a file that is not a tapegrad ``.npz``
         raises ``ValueError``. Gradients are not touched.
+
+        Only the member headers are read before those checks (see
+        :mod:`tapegrad._npzfile`): an unexpected or oversized member is refused unread.
         """
         path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no parameter file at {path!r}")
-        found = _read_npz(path)
-        fmt = found.pop(_META_FORMAT, None)
-        arch = found.pop(_META_ARCH, None)
-        if fmt is None or arch is None or fmt.shape != () or arch.shape != ():
-            raise ValueError(f"{path!r} is an .npz file but not one written by "
-                             f"Module.save (no {_META_FORMAT!r}/{_META_ARCH!r} entries)")
-        if str(fmt) != _FORMAT:
-            raise ValueError(f"{path!r} has format {str(fmt)!r}; this tapegrad reads {_FORMAT!r}")
-        expected, in_file = self.architecture(), str(arch)
-        mismatch = (f"{path!r} holds parameters of another architecture: "
-                    f"expected {expected}, found {in_file}")
         tensors = self.tensors()
-        if set(found) != set(tensors):
-            raise ValueError(f"{mismatch} (tensors: expected {sorted(tensors)}, "
-                             f"found {sorted(found)})")
-        updates: list[tuple[list[Value], list[float]]] = []
-        for name, (shape, values) in tensors.items():
-            arr = found[name]
-            if arr.shape != shape:
-                raise ValueError(f"{mismatch} (tensor {name!r}: expected shape {shape}, "
-                                 f"found {arr.shape})")
-            if arr.dtype.kind not in "fiu":
-                raise ValueError(f"{path!r}: tensor {name!r} must hold real numbers, "
-                                 f"found dtype {arr.dtype}")
-            updates.append((values, arr.astype(np.float64).ravel().tolist()))
+        try:
+            # the tensors, the two metadata entries, and room to name a few unexpected ones
+            npz = _open_npz(path, max_members=len(tensors) + 2 + 16)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no parameter file at {path!r}") from None
+        with npz:
+            found, arch = _read_meta(npz, path)
+            expected, in_file = self.architecture(), str(arch)
+            mismatch = (f"{path!r} holds parameters of another architecture: "
+                        f"expected {expected}, found {in_file}")
+            if set(found) != set(tensors):
+                raise ValueError(f"{mismatch} (tensors: expected {sorted(tensors)}, "
+                                 f"found {sorted(found)})")
+            for name, (shape, _) in tensors.items():
+                head = found[name]
+                if head.shape != shape:
+                    raise ValueError(f"{mismatch} (tensor {name!r}: expected shape {shape}, "
+                                     f"found {head.shape})")
+                if head.dtype.kind not in "fiu":
+                    raise ValueError(f"{path!r}: tensor {name!r} must hold real numbers, "
+                                     f"found dtype {head.dtype}")
+            # names, shapes and dtypes match the model: the data is what it needs
+            updates = [(values, npz.read(name).astype(np.float64).ravel().tolist())
+                       for name, (_, values) in tensors.items()]
         if in_file != expected:
             raise ValueError(mismatch)
         for values, numbers in updates:       # all checks passed: now write
@@ -180,26 +180,38 @@ class _Scoped(Module):
         return sc if ident == get_ident() else scope(self._name)
 
 
-def _read_npz(path: str) -> dict[str, np.ndarray]:
-    """Every array of the ``.npz`` at ``path``, or a ValueError saying why it is unreadable."""
-    def unreadable(why: object) -> ValueError:
-        return ValueError(f"{path!r} is not a parameter file written by Module.save: {why}")
+def _open_npz(path: str, max_members: int) -> _npzfile.NpzReader:
+    """The ``.npz`` at ``path`` with its member headers read (see :mod:`tapegrad._npzfile`),
+    or a ValueError saying why it is unreadable."""
+    def unreadable(kind: str, detail: str | None) -> str:
+        why = {"archive": "not an .npz archive" + (f" ({detail})" if detail else ""),
+               "npy": "it holds a single array (.npy), not an .npz archive",
+               }.get(kind, f"cannot read its arrays ({detail})")
+        return f"{path!r} is not a parameter file written by Module.save: {why}"
 
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        raise
-    except ValueError:            # neither a zip archive nor an .npy: numpy tried pickle
-        raise unreadable("not an .npz archive") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as err:
-        raise unreadable(f"not an .npz archive ({err or type(err).__name__})") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise unreadable("it holds a single array (.npy), not an .npz archive")
-    with npz:
-        try:
-            return {name: npz[name] for name in npz.files}
-        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
-            raise unreadable(f"cannot read its arrays ({err})") from None
+    return _npzfile.NpzReader(path, what="parameter file", max_members=max_members,
+                              unreadable=unreadable)
+
+
+_MAX_META_BYTES = 1 << 22     # the format and architecture strings (4 bytes a character)
+
+
+def _read_meta(npz: _npzfile.NpzReader, path: str) -> tuple[dict[str, _npzfile.Header],
+                                                            np.ndarray]:
+    """(headers of the tensors, the architecture string) after checking the format."""
+    found = dict(npz.headers)
+    fmt, arch = found.pop(_META_FORMAT, None), found.pop(_META_ARCH, None)
+    if fmt is None or arch is None or fmt.shape != () or arch.shape != ():
+        raise ValueError(f"{path!r} is an .npz file but not one written by "
+                         f"Module.save (no {_META_FORMAT!r}/{_META_ARCH!r} entries)")
+    for key, head in ((_META_FORMAT, fmt), (_META_ARCH, arch)):
+        if head.dtype.kind != "U" or head.nbytes > _MAX_META_BYTES:
+            raise ValueError(f"{path!r}: {key!r} must be a text of at most "
+                             f"{_MAX_META_BYTES // 4} characters, found {head.dtype}")
+    if str(npz.read(_META_FORMAT)) != _FORMAT:
+        raise ValueError(f"{path!r} has format {str(npz.read(_META_FORMAT))!r}; this "
+                         f"tapegrad reads {_FORMAT!r}")
+    return found, npz.read(_META_ARCH)
 
 
 class Neuron(_Scoped):
