@@ -233,6 +233,9 @@ def _check_misplaced(opts: list[str], kind: str, target: str, rest: list[str]) -
     while i < len(rest):
         t = rest[i]
         name = t.split("=", 1)[0]
+        if t == "--":                  # the script's own end of options: the rest is its
+            kept += rest[i:]
+            break
         if name in _MISPLACED:
             take = 2 if "=" not in t and _OPTIONS[name] and i + 1 < len(rest) else 1
             moved += rest[i:i + take]
@@ -457,7 +460,7 @@ def _run_target(target: _Target, script_args: list[str], out: IO[str],
         if isinstance(error, BrokenPipeError) and _pipe_broken(out):
             return "broken_pipe", EXIT_BROKEN_PIPE
         _flush(out)
-        _say(_script_traceback(error, target.file), err, end="")
+        _say(_script_traceback(error, target), err, end="")
         _say(f"{_PROG}: the script raised {type(error).__name__}; reporting the partial "
              "tape", err)
         return "error", EXIT_ERROR
@@ -466,10 +469,11 @@ def _run_target(target: _Target, script_args: list[str], out: IO[str],
         sys.path[:] = saved_path
 
 
-def _script_traceback(err: BaseException, file: str) -> str:
+def _script_traceback(err: BaseException, target: _Target) -> str:
     """The traceback of ``err`` from the script's first frame on (no runpy frames)."""
+    names = {target.file, target.name}      # a relative name stays relative after chdir()
     tb = err.__traceback__
-    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) != file:
+    while tb is not None and tb.tb_frame.f_code.co_filename not in names:
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(err), err, tb or err.__traceback__))
 
