@@ -67,7 +67,8 @@ sys.argv[1:]. An option of tapegrad's after SCRIPT is an error that shows the re
 command: write 'tapegrad profile --json out.json plain.py', not
 'tapegrad profile plain.py --json out.json'. To pass such an option to the script
 itself, start the script's arguments with --: 'tapegrad profile plain.py -- --json x'
-runs plain.py with sys.argv[1:] == ['--json', 'x'] (that first -- is not passed on).
+runs plain.py with sys.argv[1:] == ['--json', 'x'] (that first -- is not passed on; a
+later -- is passed on, and nothing after it is checked).
 
 Output paths are relative to the directory tapegrad was started in, even if the
 script changes directory.
@@ -110,9 +111,9 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     p = commands.add_parser(
         "profile", help="run a script and report its tape and where the time went",
-        description="Run SCRIPT (or -m MODULE) as __main__ on a fresh reclaiming tape "
-                    "inside tapegrad.profile(), then print the tape's statistics, the "
-                    "timing table and the top ops.",
+        description="Run SCRIPT (or -m MODULE) as __main__ on a fresh reclaiming tape inside\n"
+                    "tapegrad.profile(), then print the tape's statistics, the timing table\n"
+                    "and the top ops.",
         usage="tapegrad profile [options] SCRIPT [ARGS...]\n"
               "       tapegrad profile [options] -m MODULE [ARGS...]",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
