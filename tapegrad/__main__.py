@@ -114,8 +114,7 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         description="Run SCRIPT (or -m MODULE) as __main__ on a fresh reclaiming tape inside\n"
                     "tapegrad.profile(), then print the tape's statistics, the timing table\n"
                     "and the top ops.",
-        usage="tapegrad profile [options] SCRIPT [ARGS...]\n"
-              "       tapegrad profile [options] -m MODULE [ARGS...]",
+        usage="tapegrad profile [options] (SCRIPT | -m MODULE) [ARGS...]",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("script", metavar="SCRIPT", nargs="?", help="the Python script to run")
     script_args = p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
@@ -184,7 +183,7 @@ def _parse(argv: list[str], parser: argparse.ArgumentParser,
     opts, kind, target, rest = _split(argv[1:])
     if kind is None:
         args = parser.parse_args(argv[:1] + opts)     # --help, or errors in the options
-        sub.error("expected SCRIPT or -m MODULE")
+        sub.error("the following arguments are required: SCRIPT")   # or -m MODULE
     if kind == "module":
         args = parser.parse_args(["profile", *opts, "-m", target])
     else:

@@ -426,7 +426,7 @@ def test_moons_with_json_after_the_script_names_the_fix(capsys):
 def test_help_explains_where_options_go(capsys):
     assert main(["profile", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "tapegrad profile [options] -m MODULE [ARGS...]" in out
+    assert out.startswith("usage: tapegrad profile [options] (SCRIPT | -m MODULE) [ARGS...]\n")
     assert "'tapegrad profile plain.py -- --json x'" in out and "--dot-timeout SECONDS" in out
     assert "141 when stdout" in out and "--sort KEY" in out
 

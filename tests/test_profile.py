@@ -446,7 +446,7 @@ def test_cli_bad_usage_exits_2(argv, capsys):
 
 def test_cli_help_exits_0(capsys):
     assert main(["profile", "--help"]) == 0
-    assert "SCRIPT [ARGS...]" in capsys.readouterr().out
+    assert "(SCRIPT | -m MODULE) [ARGS...]" in capsys.readouterr().out
 
 
 def test_cli_checks_outputs_before_running(tmp_path, capsys):
