@@ -741,7 +741,7 @@ def _plot(path: str | Path, stats: TapeStats, summary: dict[str, Any], title: st
             ax_w.step(x, binned.max(axis=1), where="post", lw=1, label="max in bin")
             ax_w.step(x, np.maximum(binned.mean(axis=1), 1), where="post", lw=1, alpha=0.7,
                       label="mean in bin")
-            ax_w.legend(loc="upper right", fontsize=8, title=f"{size:,} levels per bin",
+            ax_w.legend(loc="upper right", fontsize=8, title=f"{plural(size, 'level')} per bin",
                         title_fontsize=8)
         else:
             ax_w.step(levels, widths, where="mid", lw=1)

@@ -528,7 +528,7 @@ class profile:
         for call in self._calls:
             _call_spans(call, span)
         if self._untraced:
-            events.append({"name": f"trace ends: {self._untraced:,} later calls not traced",
+            events.append({"name": f"trace ends: {plural(self._untraced, 'later call')} not traced",
                            "ph": "i", "s": "g", "ts": us(last), "pid": pid,
                            "tid": self._tid})
         return {"traceEvents": events, "displayTimeUnit": "ms",

@@ -692,6 +692,8 @@ def test_untraced_note_is_singular_for_one_call():
         root.backward()
         root.backward()
     assert "1 call after the first 1 is in the totals but not in the trace" in prof.report()
+    names = [e["name"] for e in prof.chrome_trace()["traceEvents"] if e["ph"] == "i"]
+    assert names == ["trace ends: 1 later call not traced"]
 
 
 def test_html_repr_is_a_table_holding_the_numbers():
