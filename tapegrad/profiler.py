@@ -9,12 +9,14 @@
     prof.print_report()                  # a table like PyTorch's profiler prints
     prof.export_chrome_trace("trace.json")   # open in https://ui.perfetto.dev
 
-While a block is active the profiler sits on :data:`tapegrad.tape._probes`, and every
-``Value.backward()`` (and every replay, ``Tape.forward()``) hands it the seconds it
-took and a :class:`tapegrad._sweep.Timing` with the time per phase, per op and per
-level group. The block's wall time minus those calls is *record* time: everything the
-Python code did outside backward, recording rows included. Rows recorded come from
-:func:`tapegrad.tape.rows_recorded` (every tape of the process).
+While a block is active the profiler is a registered probe
+(:func:`tapegrad.tape.add_probe`), and every ``Value.backward()`` (and every replay,
+``Tape.forward()``) hands it the seconds it took and a :class:`tapegrad._sweep.Timing`
+with the time per phase, per op and per level group. The block's wall time minus those
+calls is the time *outside backward/replay*: everything the Python code did, recording
+rows included, but also imports, I/O and plotting, so it is not the cost of recording.
+Rows recorded are differences of :func:`tapegrad.tape.rows_recorded` (monotonic, every
+tape and thread of the process).
 
 The probe only appends a record per call; tables and traces are built when asked for,
 so the overhead on a backward pass is the sweep's own stopwatch reads (about 1%).
@@ -22,13 +24,15 @@ so the overhead on a backward pass is the sweep's own stopwatch reads (about 1%)
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import threading
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from time import perf_counter
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from . import tape as _tape
 
@@ -45,8 +49,41 @@ _GROUP_PHASES = ("levels", "groups", "sweep")
 # Level groups are summarised in buckets of rows per group (upper bounds, inclusive).
 _BUCKETS = ((16, "<=16 rows"), (1024, "17-1,024 rows"), (None, ">1,024 rows"))
 
+OUTSIDE = "outside backward/replay"
+"""The report's first row: wall time outside backward and replay calls (your code,
+recording rows included, and everything else the block did)."""
+
+SORT_KEYS = ("total", "time", "self", "calls", "avg", "rows", "ns-per-row", "name")
+"""Keys :meth:`profile.report` sorts by (``time`` is ``total``); numbers sort largest
+first, ``name`` alphabetically. Rows are sorted among their siblings."""
+
 _TRACE_GROUPS = 64      # level-group spans per call in a trace (the slowest ones)
 _MAX_TRACED_GROUPS = 500_000   # level groups kept in full over all traced calls (~60 MB)
+
+
+class ReportRow(NamedTuple):
+    """One row of the timing table (:meth:`profile.table`)."""
+
+    depth: int          # 0: outside / backward / replay; 1: phases; 2: ops and groups
+    name: str
+    calls: int
+    total: float        # seconds
+    self: float         # seconds: total minus the rows nested under it
+    rows: int
+    rate: bool = True   # False: ns/row would not mean anything (the outside row)
+
+    @property
+    def avg(self) -> float | None:
+        return self.total / self.calls if self.calls else None
+
+    @property
+    def ns_per_row(self) -> float | None:
+        return _ns(self.total, self.rows) if self.rate else None
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``"1 leaf"``, ``"2 leaves"``: ``n`` with thousands separators and the right form."""
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"
 
 
 class _Call:
@@ -250,6 +287,16 @@ class profile:
         self._rows_end = _tape.rows_recorded()
         self._state = "done"
 
+    @property
+    def active(self) -> bool:
+        """True inside the block (between ``__enter__`` and ``__exit__``)."""
+        return self._state == "active"
+
+    @property
+    def tracing(self) -> bool:
+        """False once a call went past ``max_traced_calls`` or the level-group budget."""
+        return self._tracing
+
     # -- the probe (called by the tape) ----------------------------------------------
 
     def on_backward(self, tape_name: str, rows: int, seconds: float, timing: Any) -> None:
@@ -260,7 +307,9 @@ class profile:
         """Called by the tape after every replay (``Tape.forward()``)."""
         _deliver("replay", tape_name, rows, seconds, timing)
 
-    def _add(self, call: _Call) -> None:
+    def add_call(self, call: _Call) -> None:
+        """Count one call: the probe dispatch calls this on every active profiler (not
+        meant for user code)."""
         self._counts[call.kind] += 1
         self._seconds[call.kind] += call.seconds
         if self._tracing and len(self._calls) < self.max_traced_calls and \
@@ -271,6 +320,10 @@ class profile:
             self._tracing = False
             self._untraced += 1
             self._folded[call.kind].add(call)
+
+    def add_overhead(self, seconds: float) -> None:
+        """Charge ``seconds`` of the probe dispatch to the profiler's own overhead."""
+        self._overhead += seconds
 
     # -- numbers --------------------------------------------------------------------
 
@@ -291,10 +344,25 @@ class profile:
         return 0 if self._state == "new" else self._now()[1] - self._rows_start
 
     @property
-    def record_seconds(self) -> float:
-        """Wall time minus backward and replay calls (and the profiler's own time)."""
+    def outside_seconds(self) -> float:
+        """Wall time minus backward and replay calls (and the profiler's own time): your
+        code, recording rows included, and whatever else ran (imports, I/O, plotting).
+        It is not the cost of recording alone."""
         calls = sum(self._seconds.values())
         return max(0.0, self.wall_seconds - calls - self._overhead)
+
+    @property
+    def record_seconds(self) -> float:
+        """Deprecated name of :attr:`outside_seconds` (it never was recording alone)."""
+        warnings.warn("profile.record_seconds is deprecated: it is the time outside "
+                      "backward/replay, not recording alone; use outside_seconds",
+                      DeprecationWarning, stacklevel=2)
+        return self.outside_seconds
+
+    @property
+    def overhead_seconds(self) -> float:
+        """Seconds the profiler itself spent taking the calls."""
+        return self._overhead
 
     @property
     def backward_calls(self) -> int:
@@ -324,15 +392,13 @@ class profile:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable summary: record, backward and replay totals, with the
-        backward (and replay) time per phase, op, level-group bucket and tape."""
-        wall, rows = self.wall_seconds, self.rows_recorded
-        record = self.record_seconds
+        """A JSON-serialisable summary: the time outside backward/replay, backward and
+        replay totals, with the backward (and replay) time per phase, op, level-group
+        bucket and tape."""
         out: dict[str, Any] = {
-            "wall_seconds": wall,
-            "record_seconds": record,
-            "rows_recorded": rows,
-            "record_ns_per_op": _ns(record, rows),
+            "wall_seconds": self.wall_seconds,
+            "outside_seconds": self.outside_seconds,
+            "rows_recorded": self.rows_recorded,
             "overhead_seconds": self._overhead,
             "traced_calls": len(self._calls),
             "untraced_calls": self._untraced,
@@ -343,42 +409,81 @@ class profile:
 
     # -- the table --------------------------------------------------------------------
 
-    def report(self, top: int | None = None) -> str:
-        """The timing table: one row for recording, one per kind of call, and nested
-        rows for phases, ops (slowest first; ``top`` limits them) and level groups.
+    def table(self, top: int | None = None, sort: str | None = None) -> list[ReportRow]:
+        """The rows of the timing table: the time outside backward/replay, one row per
+        kind of call, and nested rows for phases, ops (slowest first; ``top`` limits
+        them) and level groups. ``sort`` (one of :data:`SORT_KEYS`) orders siblings;
+        by default phases keep the order they ran in.
 
         *Self* is a row's time minus its children's, so the Self column adds up to the
         wall time of the block (less the profiler's overhead).
         """
         if top is not None and (not isinstance(top, int) or isinstance(top, bool) or top < 1):
             raise ValueError(f"top must be a positive int or None, got {top!r}")
-        wall, rows = self.wall_seconds, self.rows_recorded
-        record = self.record_seconds
-        table = [(0, "record", 1, record, record, rows)]
-        summaries = {kind: self._summary(kind) for kind in KINDS}
-        for kind, s in summaries.items():
+        if sort is not None and sort not in SORT_KEYS:
+            raise ValueError(f"sort must be one of {', '.join(SORT_KEYS)} or None, "
+                             f"got {sort!r}")
+        outside = self.outside_seconds
+        rows = [ReportRow(0, OUTSIDE, 1, outside, outside, self.rows_recorded, rate=False)]
+        for kind in KINDS:
+            s = self._summary(kind)
             if kind == "backward" or s.calls:
-                table += _kind_rows(kind, s, top)
-        text = _format_table(table, wall)
-        notes = [f"wall {_fmt_time(wall)}; {rows:,} rows recorded"
-                 + (f" ({_fmt_ns(_ns(record, rows))} ns per row outside backward)" if rows else "")
-                 + f"; profiler overhead {_fmt_time(self._overhead)}"]
-        for kind, s in summaries.items():
+                rows += [ReportRow(*r) for r in _kind_rows(kind, s, top)]
+        return rows if sort is None else _sorted_rows(rows, sort)
+
+    def notes(self) -> list[str]:
+        """The lines under the table: wall time, rows, level groups, untraced calls."""
+        wall, rows = self.wall_seconds, self.rows_recorded
+        notes = [f"wall {fmt_time(wall)}; {plural(rows, 'row')} recorded; "
+                 f"{OUTSIDE}: your code and the recording of rows (also imports, I/O, "
+                 f"plotting: not recording alone); profiler overhead "
+                 f"{fmt_time(self._overhead)}"]
+        for kind in KINDS:
+            s = self._summary(kind)
             if s.group_count:
                 w, sl = s.widest, s.slowest
                 notes.append(
-                    f"{kind} level groups: {s.group_count:,} in {s.calls:,} calls; widest "
-                    f"{w[1]:,} rows (level {w[0]:,}, {_fmt_time(w[2])}); slowest "
-                    f"{_fmt_time(sl[2])} (level {sl[0]:,}, {sl[1]:,} rows)")
+                    f"{kind} level groups: {s.group_count:,} in {plural(s.calls, 'call')}; "
+                    f"widest {plural(w[1], 'row')} (level {w[0]:,}, {fmt_time(w[2])}); "
+                    f"slowest {fmt_time(sl[2])} (level {sl[0]:,}, {plural(sl[1], 'row')})")
         if self._untraced:
-            notes.append(f"{self._untraced:,} calls after the first {len(self._calls):,} are "
-                         "in the totals but not in the trace (max_traced_calls="
+            notes.append(f"{plural(self._untraced, 'call')} after the first "
+                         f"{len(self._calls):,} {'is' if self._untraced == 1 else 'are'} in "
+                         "the totals but not in the trace (max_traced_calls="
                          f"{self.max_traced_calls:,}, or 500,000 level groups)")
-        return text + "\n" + "\n".join(notes)
+        return notes
 
-    def print_report(self, top: int | None = None, file: IO[str] | None = None) -> None:
+    def report(self, top: int | None = None, sort: str | None = None) -> str:
+        """The timing table (:meth:`table`) as text, with :meth:`notes` under it."""
+        text = _format_table(self.table(top, sort), self.wall_seconds)
+        return text + "\n" + "\n".join(self.notes())
+
+    def print_report(self, top: int | None = None, file: IO[str] | None = None,
+                     sort: str | None = None) -> None:
         """Print :meth:`report` (to ``sys.stdout`` unless ``file`` is given)."""
-        print(self.report(top), file=file)
+        print(self.report(top, sort), file=file)
+
+    # -- notebooks --------------------------------------------------------------------
+
+    def _repr_html_(self) -> str:
+        """The timing table as an HTML table (Jupyter shows it for ``prof``)."""
+        wall = self.wall_seconds
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in _HEAD)
+        body = []
+        for r in self.table():
+            cells = _cells(r, wall)
+            name = (f'<td style="text-align:left;padding-left:{0.5 + 1.5 * r.depth}em">'
+                    f"{html.escape(cells[0])}</td>")
+            body.append("<tr>" + name + "".join(f"<td>{html.escape(c)}</td>"
+                                                for c in cells[1:]) + "</tr>")
+        notes = "".join(f"<p>{html.escape(n)}</p>" for n in self.notes())
+        return (f"<div><p><b>{html.escape(repr(self))}</b></p>"
+                f'<table style="text-align:right"><thead><tr>{head}</tr></thead>'
+                f"<tbody>{''.join(body)}</tbody></table>{notes}</div>")
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        """IPython's pretty printer: the summary line, then the report."""
+        p.text(repr(self) if cycle else repr(self) + "\n" + self.report())
 
     # -- the trace --------------------------------------------------------------------
 
@@ -409,21 +514,21 @@ class profile:
         span("profile", "profile", start, end, self._tid, rows_recorded=rows_end -
              self._rows_start, backward_calls=self.backward_calls,
              replay_calls=self.replay_calls)
-        # record: the gaps between calls on the profiling thread
+        # outside: the gaps between calls on the profiling thread (rows: recorded in them)
         last, recorded = start, self._rows_start
         for call in self._calls:
             if call.tid != self._tid:
                 continue
             if call.start > last:
-                span("record", "record", last, call.start, self._tid,
+                span("outside", "outside", last, call.start, self._tid,
                      rows=call.recorded - recorded)
             last, recorded = max(last, call.end), call.recorded
         if not self._untraced and end > last:
-            span("record", "record", last, end, self._tid, rows=rows_end - recorded)
+            span("outside", "outside", last, end, self._tid, rows=rows_end - recorded)
         for call in self._calls:
             _call_spans(call, span)
         if self._untraced:
-            events.append({"name": f"trace ends: {self._untraced:,} later calls not traced",
+            events.append({"name": f"trace ends: {plural(self._untraced, 'later call')} not traced",
                            "ph": "i", "s": "g", "ts": us(last), "pid": pid,
                            "tid": self._tid})
         return {"traceEvents": events, "displayTimeUnit": "ms",
@@ -432,36 +537,38 @@ class profile:
     def export_chrome_trace(self, path: str | os.PathLike[str]) -> Path:
         """Write the trace as Chrome trace-event JSON; returns the path.
 
-        Open it at https://ui.perfetto.dev or chrome://tracing: a ``record`` span for
-        each stretch between calls, one span per backward (and replay) with its phases
+        Open it at https://ui.perfetto.dev or chrome://tracing: an ``outside`` span for
+        each stretch between calls (your code and recording; ``args.rows`` holds the rows
+        recorded in it), one span per backward (and replay) with its phases
         nested, per-op spans inside the partials phase and the slowest level groups
         inside the levels phase (their start times are approximate: summed durations).
         """
-        target = _output_path(path, "export_chrome_trace")
+        target = output_path(path, "export_chrome_trace")
         with open(target, "w", encoding="utf-8") as f:
             json.dump(self.chrome_trace(), f)
         return target
 
     def __repr__(self) -> str:
-        return (f"<tapegrad.profile {self._state}: {self.rows_recorded:,} rows recorded, "
-                f"{self.backward_calls} backward, {self.replay_calls} replay>")
+        return (f"<tapegrad.profile {self._state}: {plural(self.rows_recorded, 'row')} "
+                f"recorded, {plural(self.backward_calls, 'backward call')}, "
+                f"{plural(self.replay_calls, 'replay')} in {fmt_time(self.wall_seconds)}>")
 
 
 def _deliver(kind: str, tape_name: str, rows: int, seconds: float, timing: Any) -> None:
     """Hand one call to every active profiler (the tape calls only the innermost)."""
     end = perf_counter()
-    active = [p for p in _tape.probes() if isinstance(p, profile) and p._state == "active"]
-    traced = any(p._tracing for p in active)
+    active = [p for p in _tape.probes() if isinstance(p, profile) and p.active]
+    traced = any(p.tracing for p in active)
     call = _Call(kind, tape_name, rows, seconds, end, timing, threading.get_native_id(),
                  _tape.rows_recorded() if traced else -1)
     for p in active:
-        p._add(call)
+        p.add_call(call)
     spent = perf_counter() - end
     for p in active:
-        p._overhead += spent
+        p.add_overhead(spent)
 
 
-def _output_path(path: object, what: str) -> Path:
+def output_path(path: object, what: str) -> Path:
     """``path`` as a Path to a file that can be created, or a specific error."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{what} needs a file path (str or os.PathLike), "
@@ -485,7 +592,7 @@ def _kind_rows(kind: str, s: _Summary, top: int | None) -> list[tuple]:
     op_rows = [(name, v[0], v[2], v[2], v[1]) for name, v in shown_ops]
     if len(shown_ops) < len(ops):
         rest = ops[len(shown_ops):]
-        op_rows.append((f"({len(rest)} more ops)", sum(v[0] for _, v in rest),
+        op_rows.append((f"({plural(len(rest), 'more op')})", sum(v[0] for _, v in rest),
                         sum(v[2] for _, v in rest), sum(v[2] for _, v in rest),
                         sum(v[1] for _, v in rest)))
     group_rows = [(label, b[0], b[2], b[2], b[1]) for (_, label), b in zip(_BUCKETS, s.buckets)
@@ -508,15 +615,51 @@ def _kind_rows(kind: str, s: _Summary, top: int | None) -> list[tuple]:
     return out
 
 
-def _format_table(rows: Iterable[tuple], wall: float) -> str:
-    head = ("Name", "Calls", "Total", "Self", "Self %", "Avg", "Rows", "ns/row")
-    lines = []
-    for depth, name, count, total, self_s, n in rows:
-        lines.append((
-            "  " * depth + name, f"{count:,}", _fmt_time(total), _fmt_time(max(0.0, self_s)),
-            f"{max(0.0, self_s) / wall * 100:.1f}%" if wall > 0 else "-",
-            _fmt_time(total / count) if count else "-", f"{n:,}", _fmt_ns(_ns(total, n)),
-        ))
+_HEAD = ("Name", "Calls", "Total", "Self", "Self %", "Avg", "Rows", "ns/row")
+
+_SORT_FIELD = {"total": "total", "time": "total", "self": "self", "calls": "calls",
+               "avg": "avg", "rows": "rows", "ns-per-row": "ns_per_row"}
+
+
+def _sorted_rows(rows: list[ReportRow], key: str) -> list[ReportRow]:
+    """``rows`` (a tree in depth-first order) with each row's children sorted by ``key``."""
+    def sort_key(r: ReportRow) -> Any:
+        last = r.name.startswith("(")          # "(3 more ops)" stays at the end
+        if key == "name":
+            return (last, r.name.lower())
+        value = getattr(r, _SORT_FIELD[key])
+        return (last, value is None, -(value or 0))
+
+    def subtree(k: int) -> tuple[list[ReportRow], int]:
+        """The rows under rows[k] (its children's subtrees, sorted); the next index."""
+        depth, nodes, j = rows[k].depth, [], k + 1
+        while j < len(rows) and rows[j].depth > depth:
+            below, end = subtree(j)
+            nodes.append((rows[j], below))
+            j = end
+        nodes.sort(key=lambda node: sort_key(node[0]))
+        return [x for head, below in nodes for x in (head, *below)], j
+
+    top, j = [], 0
+    while j < len(rows):
+        below, end = subtree(j)
+        top.append((rows[j], below))
+        j = end
+    top.sort(key=lambda node: sort_key(node[0]))
+    return [x for head, below in top for x in (head, *below)]
+
+
+def _cells(r: ReportRow, wall: float) -> tuple[str, ...]:
+    self_s = max(0.0, r.self)
+    return ("  " * r.depth + r.name, f"{r.calls:,}", fmt_time(r.total), fmt_time(self_s),
+            f"{self_s / wall * 100:.1f}%" if wall > 0 else "-",
+            fmt_time(r.total / r.calls) if r.calls else "-", f"{r.rows:,}",
+            _fmt_ns(r.ns_per_row))
+
+
+def _format_table(rows: Iterable[ReportRow], wall: float) -> str:
+    head = _HEAD
+    lines = [_cells(r, wall) for r in rows]
     widths = [max(len(r[i]) for r in lines + [head]) for i in range(len(head))]
 
     def fmt(r: tuple) -> str:
@@ -527,7 +670,8 @@ def _format_table(rows: Iterable[tuple], wall: float) -> str:
     return "\n".join([fmt(head), rule] + [fmt(r) for r in lines] + [rule])
 
 
-def _fmt_time(seconds: float) -> str:
+def fmt_time(seconds: float) -> str:
+    """Seconds as ``1.234 s``, ``12.345 ms`` or ``67.8 us``."""
     if seconds >= 1.0:
         return f"{seconds:.3f} s"
     if seconds >= 1e-3:

@@ -23,16 +23,16 @@ from tapegrad import tape as tape_module
 from tapegrad.__main__ import _Progress, main
 from tapegrad._sweep import Timing
 from tapegrad.ops import OPS
-from tapegrad.profiler import profile
+from tapegrad.profiler import OUTSIDE, profile
 
 PHASES = ("interval", "chains", "schedule", "partials", "levels", "leaves")
 
 
 @pytest.fixture(autouse=True)
 def no_probes_left():
-    assert tape_module._probes == []
+    assert tape_module.probes() == ()
     yield
-    assert tape_module._probes == [], "a profiler stayed registered"
+    assert tape_module.probes() == (), "a profiler stayed registered"
 
 
 def small_graph() -> Value:
@@ -76,9 +76,9 @@ def test_counts_rows_calls_and_ops():
     assert set(d["backward_phases"]) == set(PHASES)
     assert d["backward_groups"]["rows"] == d["backward_rows"]
     assert d["backward_tapes"][t.name]["calls"] == 2
-    for key in ("wall_seconds", "record_seconds", "backward_seconds", "overhead_seconds"):
+    for key in ("wall_seconds", "outside_seconds", "backward_seconds", "overhead_seconds"):
         assert is_time(d[key]), key
-    assert d["record_seconds"] + d["backward_seconds"] <= d["wall_seconds"]
+    assert d["outside_seconds"] + d["backward_seconds"] <= d["wall_seconds"]
     assert prof.backward_seconds == d["backward_seconds"]
 
 
@@ -116,12 +116,15 @@ def test_report_has_the_expected_rows():
     assert lines[0].split() == ["Name", "Calls", "Total", "Self", "Self", "%", "Avg", "Rows",
                                 "ns/row"]
     names = [line.split()[0] for line in lines[2:] if line and not line.startswith("-")]
-    for name in ("record", "backward", *PHASES, "mul", "add", "sub", "relu", "groups"):
+    for name in ("outside", "backward", *PHASES, "mul", "add", "sub", "relu", "groups"):
         assert name in names, name
     indent = {line.split()[0]: len(line) - len(line.lstrip()) for line in lines[2:9]}
-    assert indent["record"] == indent["backward"] == 0 and indent["interval"] == 2
+    assert indent["outside"] == indent["backward"] == 0 and indent["interval"] == 2
     assert "wall " in text and "level groups:" in text and "replay" not in names
-    assert "mul" in prof.report(top=1) and "(3 more ops)" in prof.report(top=1)
+    short = [line.split()[0] for line in prof.report(top=1).splitlines()[2:]
+             if line.startswith("    ")]
+    assert len(short) == 3 and short[0] in ("mul", "add", "sub", "relu")   # the slowest op
+    assert short[1:] == ["(3", "groups"] and "(3 more ops)" in prof.report(top=1)
     out = io.StringIO()
     prof.print_report(file=out)
     assert out.getvalue() == text + "\n"
@@ -134,7 +137,7 @@ def test_to_dict_round_trips_through_json():
         small_graph().backward()
     d = prof.to_dict()
     assert json.loads(json.dumps(d)) == d
-    assert {"wall_seconds", "record_seconds", "rows_recorded", "record_ns_per_op",
+    assert {"wall_seconds", "outside_seconds", "rows_recorded",
             "backward_seconds", "backward_calls", "backward_rows", "backward_phases",
             "backward_ops", "backward_groups", "replay_seconds", "replay_calls"} <= set(d)
 
@@ -155,7 +158,7 @@ def test_replays_are_counted_like_backwards():
     assert d["replay_phases"] == {"plan": pytest.approx(0.002), "forward": pytest.approx(0.006)}
     names = [line.split()[0] for line in prof.report().splitlines()[2:] if line.strip()]
     assert {"replay", "plan", "forward", "add", "mul"} <= set(names)
-    assert prof.record_seconds <= prof.wall_seconds
+    assert prof.outside_seconds <= prof.wall_seconds
 
 
 def test_real_replays_and_compiled_backward():
@@ -175,17 +178,18 @@ def test_real_replays_and_compiled_backward():
 
 
 def test_self_times_add_up_to_each_total():
-    from tapegrad.profiler import _kind_rows
-
     with Tape() as t, profile() as prof:
         root = small_graph()
         root.backward()
         t.forward()
         root.backward()
+    table = prof.table()
+    starts = [k for k, r in enumerate(table) if r.depth == 0] + [len(table)]
+    kinds = {table[a].name: table[a:b] for a, b in zip(starts, starts[1:])}
     for kind in ("backward", "replay"):
-        rows = _kind_rows(kind, prof._summary(kind), None)
-        total = rows[0][3]
-        selfs = [r[4] for r in rows]
+        rows = kinds[kind]
+        total = rows[0].total
+        selfs = [r.self for r in rows]
         assert sum(selfs) == pytest.approx(total, rel=1e-9, abs=1e-12), kind
         assert min(selfs) >= -1e-6, rows   # the sweep's clock starts a hair early
 
@@ -203,8 +207,8 @@ def test_chrome_trace_is_valid_and_nested(tmp_path):
         assert isinstance(e["name"], str) and e["pid"] == os.getpid()
         assert e["ts"] >= 0 and e["dur"] >= 0 and isinstance(e["tid"], int)
     names = [e["name"] for e in spans]
-    assert names.count("backward") == 2 and names.count("record") == 3
-    assert sum(e["args"]["rows"] for e in spans if e["name"] == "record") == 13
+    assert names.count("backward") == 2 and names.count("outside") == 3
+    assert sum(e["args"]["rows"] for e in spans if e["name"] == "outside") == 13
     for name in PHASES + ("mul", "add"):
         assert names.count(name) == 2, name
 
@@ -269,9 +273,9 @@ def test_nested_blocks_both_see_the_inner_calls():
         with profile() as outer:
             root.backward()
             with profile() as inner:
-                assert tape_module._probes == [outer, inner]
+                assert tape_module.probes() == (outer, inner)
                 root.backward()
-            assert tape_module._probes == [outer]
+            assert tape_module.probes() == (outer,)
             root.backward()
     assert outer.backward_calls == 3 and inner.backward_calls == 1
 
@@ -283,7 +287,7 @@ def test_overlapping_blocks_stop_counting_when_they_end():
         first.__enter__()
         second.__enter__()
         first.__exit__(None, None, None)       # ends while the later one is still active
-        assert tape_module._probes == [second]
+        assert tape_module.probes() == (second,)
         root.backward()
         second.__exit__(None, None, None)
     assert first.backward_calls == 0 and second.backward_calls == 1
@@ -317,11 +321,12 @@ def test_a_foreign_probe_on_top_is_left_alone():
 
     with Tape(), profile() as prof:
         root = small_graph()
-        tape_module._probes.append(Probe())
+        probe = Probe()
+        tape_module.add_probe(probe)
         try:
             root.backward()
         finally:
-            tape_module._probes.pop()
+            tape_module.remove_probe(probe)
     assert len(seen) == 1 and prof.backward_calls == 0
 
 
@@ -355,17 +360,17 @@ def test_cli_runs_a_script_and_writes_json(tmp_path, capsys):
     assert code == 0
     stdout = capsys.readouterr().out
     assert "argv ['a', '--b', '-h'] name __main__" in stdout
-    assert "101 rows (1 leaves), 101 levels" in stdout          # str(tape.stats())
-    assert "record" in stdout and "backward" in stdout and "top ops" in stdout
+    assert "101 rows (1 leaf), 101 levels" in stdout
+    assert OUTSIDE in stdout and "backward" in stdout and "top ops" in stdout
     assert sys.argv == argv_before and sys.path == path_before
-    assert current_tape().name != "profile" and tape_module._stack() == []
+    assert current_tape().name != "profile" and tape_module.entered_tapes() == []
     data = json.loads(out.read_text())
-    assert {"nodes", "ops", "depth", "max_width", "nbytes", "record_seconds",
+    assert {"nodes", "ops", "depth", "max_width", "nbytes", "outside_seconds",
             "backward_seconds", "rows_recorded", "backward_calls", "status"} <= set(data)
     assert data["nodes"] == data["rows_recorded"] == 101 and data["depth"] == 101
     assert data["ops"] == {"leaf": 1, "mul": 50, "add": 50}
     assert data["backward_calls"] == 1 and data["status"] == "ok" and data["exit_code"] == 0
-    assert is_time(data["record_seconds"]) and is_time(data["backward_seconds"])
+    assert is_time(data["outside_seconds"]) and is_time(data["backward_seconds"])
 
 
 def test_cli_script_imports_modules_beside_it(tmp_path, capsys):
@@ -416,7 +421,7 @@ def test_cli_raising_script_reports_the_partial_tape(tmp_path, capsys):
     assert "Traceback (most recent call last)" in captured.err
     assert "ValueError: boom" in captured.err and "boom.py" in captured.err
     assert "in fail" in captured.err and "runpy" not in captured.err
-    assert "10 rows (1 leaves)" in captured.out and "exit status 1" in captured.out
+    assert "10 rows (1 leaf)" in captured.out and "exit status 1" in captured.out
     data = json.loads(out.read_text())
     assert data["status"] == "error" and data["nodes"] == 10 and data["backward_calls"] == 1
 
@@ -441,7 +446,7 @@ def test_cli_bad_usage_exits_2(argv, capsys):
 
 def test_cli_help_exits_0(capsys):
     assert main(["profile", "--help"]) == 0
-    assert "SCRIPT [ARGS...]" in capsys.readouterr().out
+    assert "(SCRIPT | -m MODULE) [ARGS...]" in capsys.readouterr().out
 
 
 def test_cli_checks_outputs_before_running(tmp_path, capsys):
@@ -508,7 +513,7 @@ def test_cli_cleans_up_tapes_the_script_left_entered(tmp_path, capsys):
     script = write(tmp_path, "leaky.py", "import tapegrad\ntapegrad.Tape('leak').__enter__()\n")
     assert main(["profile", str(script)]) == 0
     assert "left tapes entered ('leak')" in capsys.readouterr().err
-    assert tape_module._stack() == []
+    assert tape_module.entered_tapes() == []
 
 
 def test_progress_prints_only_after_the_first_delay():
@@ -542,7 +547,23 @@ def test_python_dash_m_tapegrad_profile(tmp_path):
     assert json.loads(out.read_text())["nodes"] == 101
 
 
-@pytest.mark.skipif(shutil.which("tapegrad") is None, reason="console script not installed")
+def console_script_tests_this_checkout() -> bool:
+    """Whether the ``tapegrad`` on PATH imports the tapegrad under test (an editable
+    install of another checkout would test that one instead)."""
+    exe = shutil.which("tapegrad")
+    if exe is None:
+        return False
+    with open(exe, "rb") as f:
+        first = f.readline().decode(errors="replace")
+    if not first.startswith("#!"):
+        return False
+    proc = subprocess.run([*first[2:].split(), "-c", "import tapegrad; print(tapegrad.__file__)"],
+                          capture_output=True, text=True, timeout=120, cwd="/")
+    return proc.returncode == 0 and os.path.samefile(proc.stdout.strip(), tapegrad.__file__)
+
+
+@pytest.mark.skipif(not console_script_tests_this_checkout(),
+                    reason="no console script for this checkout of tapegrad")
 def test_console_script(tmp_path):
     proc = subprocess.run(["tapegrad", "profile", str(tmp_path / "missing.py")],
                           capture_output=True, text=True, timeout=120)
@@ -551,3 +572,181 @@ def test_console_script(tmp_path):
 
 def test_tapegrad_package_still_imports_cleanly():
     assert tapegrad.Value is Value
+
+
+# ---------------------------------------------------------------------------------------
+# rows recorded, the outside row, sorting, plurals, notebook reprs
+# ---------------------------------------------------------------------------------------
+
+def chain_rows(n: int) -> Value:
+    """1 leaf and ``n`` add rows (the constant is not a row)."""
+    x = Value(0.0)
+    for _ in range(n):
+        x = x + 1
+    return x
+
+
+def test_rows_recorded_counts_reset_dropped_and_other_threads_tapes():
+    import gc
+    import threading
+
+    with profile() as prof:
+        with Tape("reset") as t1:
+            chain_rows(1000)
+        t1.reset()
+        assert len(t1) == 0 and prof.rows_recorded == 1001
+        with Tape("dropped"):
+            kept = chain_rows(1000)
+        del kept
+        gc.collect()
+
+        def work():
+            with Tape("thread"):
+                chain_rows(1000)
+
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+    assert prof.rows_recorded == 3003
+    assert prof.to_dict()["rows_recorded"] == 3003
+    assert prof.table()[0].rows == 3003
+
+
+def test_the_first_row_is_time_outside_backward_and_replay_without_a_rate():
+    with Tape(), profile() as prof:
+        small_graph().backward()
+    first = prof.table()[0]
+    assert first == (0, OUTSIDE, 1, prof.outside_seconds, prof.outside_seconds, 11, False)
+    assert first.name == "outside backward/replay" and first.ns_per_row is None
+    line = prof.report().splitlines()[2]
+    assert line.startswith("outside backward/replay ") and line.split()[-2:] == ["11", "-"]
+    assert "ns per row" not in prof.report()
+    assert "not recording alone" in prof.report()
+    d = prof.to_dict()
+    assert "record_seconds" not in d and "record_ns_per_op" not in d
+    assert d["outside_seconds"] == prof.outside_seconds
+    with pytest.warns(DeprecationWarning, match="use outside_seconds"):
+        assert prof.record_seconds == prof.outside_seconds
+
+
+def test_report_sort_orders_siblings_and_rejects_unknown_keys():
+    with Tape(), profile() as prof:
+        root = small_graph()
+        root.backward()
+        root.backward()
+    default = prof.table()
+    assert [r.name for r in default if r.depth == 1] == list(PHASES)   # the order they ran
+
+    def names(rows, depth):
+        return [r.name for r in rows if r.depth == depth]
+
+    by_name = prof.table(sort="name")
+    assert names(by_name, 0) == ["backward", OUTSIDE]
+    assert names(by_name, 1) == sorted(PHASES)
+    ops = [r.name for r in by_name if r.depth == 2 and not r.name.startswith("groups")]
+    assert ops == ["add", "mul", "relu", "sub"]
+    by_calls = prof.table(sort="calls")
+    assert names(by_calls, 0) == ["backward", OUTSIDE]        # 2 calls, then 1
+    by_rows = prof.table(sort="rows")
+    op_rows = [r.rows for r in by_rows if r.depth == 2 and not r.name.startswith("groups")]
+    assert op_rows == sorted(op_rows, reverse=True) == [8, 4, 2, 2]
+    # children stay under their parent: the ops under partials, the groups under levels
+    for rows in (by_name, by_calls, by_rows, prof.table(sort="time"), prof.table(sort="self")):
+        assert sorted(rows) == sorted(default)
+        parent = {}
+        for r in rows:
+            if r.depth == 1:
+                current = r.name
+            elif r.depth == 2:
+                parent[r.name] = current
+        assert parent == {"mul": "partials", "add": "partials", "sub": "partials",
+                          "relu": "partials", "groups <=16 rows": "levels"}
+    assert prof.report(sort="name").splitlines()[2].startswith("backward ")
+    short = [r.name for r in prof.table(top=1, sort="name") if r.depth == 2]
+    assert short[0] == "groups <=16 rows" and short[2] == "(3 more ops)"   # levels < partials
+    assert short[1] in ("mul", "add", "sub", "relu")                       # the slowest op
+    with pytest.raises(ValueError, match="sort must be one of total, time, self, calls, avg, "
+                                         "rows, ns-per-row, name or None, got 'speed'"):
+        prof.report(sort="speed")
+
+
+def test_plural_and_singular_words_in_the_report():
+    from tapegrad.profiler import plural
+
+    assert plural(1, "leaf", "leaves") == "1 leaf" and plural(2, "leaf", "leaves") == "2 leaves"
+    assert plural(0, "row") == "0 rows" and plural(1_000, "call") == "1,000 calls"
+    with Tape(), profile() as prof:
+        a = Value(1.0)
+        b = (a * 2).relu()
+        b.backward()
+    text = prof.report(top=1)
+    assert "(1 more op)" in text
+    assert "backward level groups: 2 in 1 call; widest 1 row (level " in text
+    assert repr(prof).startswith("<tapegrad.profile done: 3 rows recorded, 1 backward call, "
+                                 "0 replays in ")
+
+
+def test_untraced_note_is_singular_for_one_call():
+    with Tape(), profile(max_traced_calls=1) as prof:
+        root = small_graph()
+        root.backward()
+        root.backward()
+    assert "1 call after the first 1 is in the totals but not in the trace" in prof.report()
+    names = [e["name"] for e in prof.chrome_trace()["traceEvents"] if e["ph"] == "i"]
+    assert names == ["trace ends: 1 later call not traced"]
+
+
+def test_html_repr_is_a_table_holding_the_numbers():
+    from html.parser import HTMLParser
+
+    with Tape(), profile() as prof:
+        root = small_graph()
+        root.backward()
+        root.backward()
+
+    class Cells(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows, self.stack, self.head = [], [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.stack.append(tag)
+            if tag == "tr":
+                self.rows.append([])
+            elif tag in ("td", "th"):
+                self.rows[-1].append("")
+
+        def handle_endtag(self, tag):
+            assert self.stack.pop() == tag, tag      # well nested
+
+        def handle_data(self, data):
+            if self.stack and self.stack[-1] in ("td", "th"):
+                self.rows[-1][-1] += data
+
+    parser = Cells()
+    parser.feed(prof._repr_html_())
+    parser.close()
+    assert parser.stack == []
+    head, *body = parser.rows
+    assert head == ["Name", "Calls", "Total", "Self", "Self %", "Avg", "Rows", "ns/row"]
+    table = prof.table()
+    assert len(body) == len(table)
+    by_name = {cells[0].strip(): cells for cells in body}
+    assert by_name[OUTSIDE][1] == "1" and by_name[OUTSIDE][6] == "11"
+    assert by_name[OUTSIDE][7] == "-"
+    assert by_name["backward"][1] == "2" and by_name["backward"][6] == "16"
+    assert by_name["mul"][6] == "8" and by_name["sub"][6] == "2"
+
+    class Pretty:
+        def __init__(self):
+            self.out = ""
+
+        def text(self, s):
+            self.out += s
+
+    p = Pretty()
+    prof._repr_pretty_(p, False)
+    assert p.out == repr(prof) + "\n" + prof.report()
+    cyclic = Pretty()
+    prof._repr_pretty_(cyclic, True)
+    assert cyclic.out == repr(prof)
