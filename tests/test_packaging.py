@@ -32,9 +32,9 @@ JUNK = shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", "build", "dis
                               ".ipynb_checkpoints")
 
 
-def _setuptools_version() -> tuple[int, ...]:
+def _version(dist: str = "setuptools") -> tuple[int, ...]:
     try:
-        text = importlib.metadata.version("setuptools")
+        text = importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return (0,)
     return tuple(int(p) for p in text.split(".")[:2] if p.isdigit())
@@ -63,7 +63,7 @@ def dists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     wheel built from that sdist (so the sdist is shown to be buildable)."""
     if importlib.util.find_spec("build") is None:
         pytest.skip("needs the 'build' package (in the dev extra): pip install -e '.[dev]'")
-    if _setuptools_version() < (77,):
+    if _version("setuptools") < (77,):
         pytest.skip("needs setuptools>=77 for the SPDX license field (in the dev extra)")
     base = tmp_path_factory.mktemp("dists")
     src = base / "src"
@@ -89,6 +89,7 @@ def test_sdist_is_self_contained(dists):
                    "examples/demo.ipynb", "docs/conf.py", "docs/index.rst", "docs/api.rst"]:
         assert needed in files, f"{needed} missing from the sdist"
     assert not [n for n in files if "__pycache__" in n or n.endswith(".pyc")]
+    assert not [n for n in files if n.startswith("examples/") and n.endswith((".png", ".svg"))]
     assert "License-Expression: MIT" in pkg_info
     assert "Classifier: Typing :: Typed" in pkg_info
 
@@ -131,6 +132,8 @@ def venv(dists) -> Path:
     """A clean venv (no system site-packages) with the wheel installed, offline."""
     if sys.platform == "win32":
         pytest.skip("the venv test links NumPy's files, which needs POSIX symlinks")
+    if _version("pip") < (22, 3):
+        pytest.skip("installing into the venv needs pip >= 22.3 (pip --python)")
     base = dists["base"]
     env_dir = base / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", env_dir], cwd=base)
