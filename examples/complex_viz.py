@@ -7,8 +7,10 @@
 Two pictures: the expression of micrograd.rs's README
 (``b = 35 + a**-3 / -1.5; c = relu(b)``) and micrograd's ``Neuron(2)`` applied to two
 inputs (``random.seed(1337)``, as in micrograd's trace_graph notebook), each after
-``backward()``. Needs pydot and Graphviz's ``dot`` program: ``pip install -e '.[viz]'``
-and ``apt-get install graphviz`` (or ``brew``/``conda install graphviz``).
+``backward()``. Needs pydot and Graphviz's ``dot`` program: ``pip install "tapegrad[viz]"``
+and the Graphviz system package (``apt-get install graphviz``, ``brew install graphviz``,
+``conda install -c conda-forge graphviz`` or ``winget install graphviz``). Without pydot
+it says so in one line and exits with status 1.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from pathlib import Path
 from tapegrad import Value
 from tapegrad.nn import Neuron
 from tapegrad.viz import GraphvizNotFoundError, draw_dot, save_dot
+
+INSTALL_HINT = ('pip install "tapegrad[viz]" and the Graphviz system package '
+                "(apt-get install graphviz, brew install graphviz, "
+                "conda install -c conda-forge graphviz, or winget install graphviz)")
 
 
 def expression() -> Value:
@@ -55,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--neuron", type=Path, default=Path("neuron.svg"),
                         help="picture of Neuron(2) on two inputs (default: %(default)s)")
     args = parser.parse_args(argv)
+    try:
+        import pydot  # noqa: F401  (draw_dot builds pydot graphs)
+    except ImportError:
+        print(f"examples/complex_viz.py needs pydot: {INSTALL_HINT}", file=sys.stderr)
+        return 1
     try:
         for path, root in ((args.expression, expression()), (args.neuron, neuron())):
             written = save_dot(draw_dot(root), path)

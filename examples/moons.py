@@ -5,6 +5,9 @@
     python examples/moons.py --optimizer adam   # Adam instead of micrograd's SGD
     python examples/moons.py --replay           # record the loss once, replay each step
 
+Needs scikit-learn (the data) and matplotlib (the picture): ``pip install
+"tapegrad[examples]"``, or ``pip install -e ".[examples]"`` in a checkout.
+
 The default run is micrograd's demo with the import changed and its update loop
 spelled ``SGD(...).step()`` (the same float operations, so the same numbers bit for
 bit): 100 points of ``make_moons(noise=0.1)``, ``MLP(2, [16, 16, 1])``, SVM max-margin
@@ -32,7 +35,8 @@ ADAM_LR = 0.05
 """Adam's starting learning rate (same linear decay): 100% accuracy from step ~60."""
 ALPHA = 1e-4
 """Weight of the L2 regularization term."""
-INSTALL_HINT = "pip install -e '.[examples]'"
+INSTALL_HINT = 'pip install "tapegrad[examples]"'
+"""What to install for the data set and the picture (scikit-learn, matplotlib)."""
 
 
 def make_data(seed: int) -> tuple[np.ndarray, np.ndarray]:
