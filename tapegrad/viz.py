@@ -968,7 +968,8 @@ def _to_pydot(pydot: Any, plan: _Plan, scope_names: tuple[str, ...] | None,
     graph = pydot.Dot("tapegrad", graph_type="digraph", rankdir=rankdir)
     cluster_style = {"style": "rounded", "color": "grey"}
     if note is not None:        # a graph label; clusters would inherit its style
-        graph.set("label", _quote(note))
+        lines = [_quote(line)[1:-1] for line in note.split("\n")]
+        graph.set("label", '"' + "\\l".join(lines) + '\\l"')     # left-justified lines
         for key, value in _NOTE_STYLE.items():
             graph.set(key, value)
         cluster_style.update(labelloc="t", labeljust="c", fontsize="14", fontcolor="black")
