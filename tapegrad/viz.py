@@ -60,18 +60,18 @@ __all__ = [
 DEFAULT_MAX_NODES = 2500
 """Nodes ``draw_dot`` draws before it collapses (or, with an explicit ``collapse``, refuses).
 
-Sized on Graphviz 2.43 ``dot -Tsvg`` (2 shared cores): ``MLP(2, [18, 18, 1])`` row by
-row, 2,005 nodes, lays out in 1.4 s; ``MLP(2, [20, 20, 1])``, 2,427 nodes, in 3.6 s;
-``MLP(2, [22, 22, 1])``, 2,889 nodes, in 48 s."""
+Sized on Graphviz 2.43 ``dot -Tsvg`` (2 shared, busy cores): ``MLP(2, [18, 18, 1])``
+row by row, 2,005 nodes, lays out in 1.4-2.1 s; ``MLP(2, [20, 20, 1])``, 2,427 nodes, in
+3.6-6.0 s; ``MLP(2, [22, 22, 1])``, 2,889 nodes, in 31-48 s (docs/visualization.md)."""
 
 DEFAULT_MAX_EDGES = 3000
 """Edges ``draw_dot`` draws before it collapses (or, with an explicit ``collapse``,
 refuses). Long edges count too: ``dot`` lays an edge spanning ``k`` ranks out as a chain
 of ``k - 1`` virtual nodes, and ``draw_dot`` also caps those at
-``LONG_EDGE_FACTOR * max_edges``. ``MLP(2, [18, 18, 1])`` above has 2,344 edges and about
-11,000 virtual nodes; a 100-point moons loss collapsed by levels has only 1,965 edges but
-about 97,000 virtual nodes (``dot`` had not finished after 90 s), and collapsed by trees
-without clusters 9,937 edges (not finished after 30 s)."""
+``LONG_EDGE_FACTOR * max_edges``. ``MLP(2, [18, 18, 1])`` above has 2,344 edges and
+about 11,000 virtual nodes; the moons demo's loss (100 points) collapsed by levels has
+only 1,965 edges but about 97,000 virtual nodes (``dot`` had not finished after 90 s),
+and collapsed by trees without clusters 9,937 edges (not finished after 30 s)."""
 
 LONG_EDGE_FACTOR = 4
 """Virtual nodes (ranks crossed by long edges) allowed per edge of ``max_edges``."""
