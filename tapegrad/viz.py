@@ -307,8 +307,14 @@ def draw_dot(root: Value | Tape, format: str = "svg", rankdir: str = "LR", *,
                     rows=sub.m, collapse=layout.collapse, note=note)
 
 
-def render_dot(root: Value | Tape, rankdir: str = "LR", **options: Any) -> str:
-    """The DOT source of ``draw_dot(root, rankdir=rankdir, **options)`` (no Graphviz run)."""
+def render_dot(root: Value | Tape | DotGraph, rankdir: str = "LR", **options: Any) -> str:
+    """The DOT source of ``draw_dot(root, rankdir=rankdir, **options)`` (no Graphviz run);
+    of a :class:`DotGraph` already drawn, its ``source``."""
+    if isinstance(root, DotGraph):
+        if options or rankdir != "LR":
+            raise TypeError("render_dot got drawing options with a graph that is already "
+                            "drawn; pass a Value or Tape to draw it with them")
+        return root.source
     return draw_dot(root, rankdir=rankdir, **options).source
 
 

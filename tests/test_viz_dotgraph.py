@@ -109,6 +109,9 @@ def test_draw_dot_returns_a_dotgraph_that_still_offers_pydot():
     assert repr(g) == "<tapegrad.viz.DotGraph: 4 rows as 7 nodes and 6 edges>"
     with pytest.raises(AttributeError, match="no_such_method"):
         g.no_such_method                                   # noqa: B018
+    assert viz.render_dot(g) == g.source
+    with pytest.raises(TypeError, match="already drawn"):
+        viz.render_dot(g, collapse="chains")
     wrapped = DotGraph(g.pydot)                             # any pydot.Dot can be wrapped
     assert (wrapped.node_count, wrapped.edge_count) == (7, 6)
     with pytest.raises(TypeError, match="DotGraph wraps a pydot.Dot, got str"):
