@@ -7,6 +7,7 @@ ranking by pointer jumping: O(n log L) for chains of length L.
 
 from __future__ import annotations
 
+import html
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -54,6 +55,49 @@ class TapeStats:
             f"ops: {mix}\n"
             f"memory: {self.total_nbytes:,} bytes ({self.bytes_per_node:.1f} per row)"
         )
+
+    def _repr_html_(self) -> str:
+        """Jupyter's display: a table of the numbers (``str()`` stays the text form)."""
+        def table(rows: list[tuple[str, str]], head: tuple[str, str] | None = None) -> str:
+            top = "" if head is None else \
+                "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + \
+                "</tr></thead>"
+            body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+                           f"<td style='text-align:right'>{html.escape(v)}</td></tr>"
+                           for k, v in rows)
+            return f"<table>{top}<tbody>{body}</tbody></table>"
+
+        def histogram(counts: dict[str, int]) -> str:
+            return ", ".join(f"{k}: {v:,}" for k, v in counts.items()) or "none"
+
+        summary = [
+            ("rows", f"{self.nodes:,}"), ("leaves", f"{self.leaves:,}"),
+            ("levels", f"{self.depth:,}"), ("widest level", f"{self.max_width:,}"),
+            ("median level width", f"{self.median_width:g}"),
+            ("level widths (histogram)", histogram(self.width_histogram)),
+            ("max fan-out", f"{self.max_fanout:,}"),
+            ("fan-out (histogram)", histogram(self.fanout_histogram)),
+            ("longest single-consumer chain", f"{self.longest_chain:,}"),
+            ("memory (bytes)", f"{self.total_nbytes:,}"),
+            ("bytes per row", f"{self.bytes_per_node:.1f}"),
+        ]
+        ops = sorted(self.ops.items(), key=lambda kv: -kv[1])
+        memory = list(self.nbytes.items())
+        return ("<div class='tapegrad-stats'>"
+                + table(summary)
+                + table([(k, f"{v:,}") for k, v in ops], ("op", "rows"))
+                + table([(k, f"{v:,}") for k, v in memory], ("column", "bytes"))
+                + "</div>")
+
+
+class Dump(str):
+    """The text of :func:`dump` (a ``str``: print it, compare it, write it); in Jupyter
+    it shows as a ``<pre>`` block instead of a quoted string with ``\\n`` escapes."""
+
+    __slots__ = ()
+
+    def _repr_html_(self) -> str:
+        return f"<pre class='tapegrad-dump'>{html.escape(str(self))}</pre>"
 
 
 def _pow2_histogram(values: np.ndarray) -> dict[str, int]:
@@ -138,4 +182,4 @@ def dump(cols: Columns, labels: dict[int, str], scope_ids: np.ndarray,
                 r, int(cols.op[r]), int(cols.a0[r]), int(cols.a1[r]), float(cols.const[r]),
                 float(cols.value[r]), float(cols.grad[r]), labels.get(r, ""),
                 scope_names[scope_ids[r]]))
-    return "\n".join(lines)
+    return Dump("\n".join(lines))

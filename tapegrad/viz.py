@@ -2,12 +2,18 @@
 
 ``draw_dot(root)`` draws the ancestors of ``root`` the way micrograd does: one record
 node ``{ label | data | grad }`` per Value, one small node per op (immediate constants
-inside it: ``* 3``, ``+ 1``, ``**2``), edges operand -> op -> result. Rows recorded
-inside :class:`tapegrad.scope` blocks are drawn in nested clusters.
+inside it: ``* 3``, ``+ 1``, ``**2``; or, with ``constants=True``, as their own value
+nodes like micrograd's), edges operand -> op -> result. Rows recorded inside
+:class:`tapegrad.scope` blocks are drawn in nested clusters.
 
-Graphviz takes seconds to lay out a thousand nodes and many minutes for a few thousand,
-and pydot keeps an object per node and edge, so ``draw_dot`` counts the nodes first,
-refuses graphs of more than ``max_nodes`` and offers smaller views:
+It returns a :class:`DotGraph`: shown inline in Jupyter, with graphviz-like
+``.source``, ``.pipe()`` and ``.render()``, and the ``pydot.Dot`` behind it as
+``.pydot`` (its methods also work on the DotGraph itself).
+
+Graphviz's layout time grows much faster than the graph, and pydot keeps an object per
+node and edge, so ``draw_dot`` counts the nodes and edges first. Graphs larger than
+``max_nodes``/``max_edges`` are collapsed automatically (``collapse="auto"``, the
+default: chains, then trees, then levels), with a note on the picture. The views:
 
 * ``around=value, depth=k``: only the rows within ``k`` hops of ``value``;
 * ``collapse="chains"``: each chain of rows with one operand and one consumer becomes
@@ -20,8 +26,9 @@ Collapsed nodes carry the number of rows they stand for (in their label and in a
 ``rows`` attribute), so the counts add up to the rows drawn. ``export_dot`` streams a
 whole tape (10^6 rows in seconds) to a DOT file without building a graph in memory.
 
-pydot is imported when a function needs it: ``pip install -e '.[viz]'``. Rendering
-(``save_dot`` to ``.svg``/``.png``/``.pdf``) runs Graphviz's ``dot`` program.
+pydot is imported when a function needs it: ``pip install "tapegrad[viz]"``. Rendering
+(``save_dot`` to ``.svg``/``.png``/``.pdf``, ``DotGraph.pipe``/``render``, the inline
+picture) runs Graphviz's ``dot`` program, with a timeout.
 """
 
 from __future__ import annotations
@@ -29,12 +36,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from . import _graph
 from .engine import Value
 from .ops import OPS, POW
 from .tape import Tape
@@ -43,27 +51,54 @@ if TYPE_CHECKING:  # pragma: no cover
     import pydot
 
 __all__ = [
-    "draw_dot", "render_dot", "save_dot", "export_dot",
-    "GraphTooLargeError", "GraphvizError", "GraphvizNotFoundError",
-    "DEFAULT_MAX_NODES", "SAVE_FORMATS",
+    "draw_dot", "render_dot", "save_dot", "export_dot", "DotGraph",
+    "GraphTooLargeError", "GraphvizError", "GraphvizNotFoundError", "GraphvizTimeoutError",
+    "DEFAULT_MAX_NODES", "DEFAULT_MAX_EDGES", "LONG_EDGE_FACTOR", "DEFAULT_TIMEOUT",
+    "SAVE_FORMATS",
 ]
 
-DEFAULT_MAX_NODES = 500
-"""``draw_dot`` refuses larger graphs unless given ``max_nodes``."""
+DEFAULT_MAX_NODES = 2500
+"""Nodes ``draw_dot`` draws before it collapses (or, with an explicit ``collapse``, refuses).
+
+Sized on Graphviz 2.43 ``dot -Tsvg`` (2 shared, busy cores): ``MLP(2, [18, 18, 1])``
+row by row, 2,005 nodes, lays out in 1.4-2.1 s; ``MLP(2, [20, 20, 1])``, 2,427 nodes, in
+3.6-6.0 s; ``MLP(2, [22, 22, 1])``, 2,889 nodes, in 31-48 s (docs/visualization.md)."""
+
+DEFAULT_MAX_EDGES = 3000
+"""Edges ``draw_dot`` draws before it collapses (or, with an explicit ``collapse``,
+refuses). Long edges count too: ``dot`` lays an edge spanning ``k`` ranks out as a chain
+of ``k - 1`` virtual nodes, and ``draw_dot`` also caps those at
+``LONG_EDGE_FACTOR * max_edges``. ``MLP(2, [18, 18, 1])`` above has 2,344 edges and
+about 11,000 virtual nodes; the moons demo's loss (100 points) collapsed by levels has
+only 1,965 edges but about 97,000 virtual nodes (``dot`` had not finished after 90 s),
+and collapsed by trees without clusters 9,937 edges (not finished after 30 s)."""
+
+LONG_EDGE_FACTOR = 4
+"""Virtual nodes (ranks crossed by long edges) allowed per edge of ``max_edges``."""
+
+DEFAULT_TIMEOUT = 60.0
+"""Seconds each run of Graphviz's ``dot`` may take before :class:`GraphvizTimeoutError`."""
 
 SAVE_FORMATS: dict[str, str] = {".dot": "dot", ".gv": "dot", ".svg": "svg",
                                 ".png": "png", ".pdf": "pdf"}
 """File extensions :func:`save_dot` understands, and the format each one writes."""
 
+_FORMATS = ("svg", "png", "pdf", "dot")
 _RANKDIRS = ("LR", "TB", "RL", "BT")
-_COLLAPSE = (None, "chains", "trees", "levels")
+_COLLAPSE = ("auto", None, "chains", "trees", "levels")
+_AUTO_ORDER = (None, "chains", "trees", "levels")
 _SUMMARY_STYLE = {"shape": "box", "style": '"rounded,filled"', "fillcolor": '"#eeeeee"'}
-_INSTALL_GRAPHVIZ = ("apt-get install graphviz (Debian/Ubuntu), brew install graphviz "
-                     "(macOS), conda install graphviz, or see https://graphviz.org/download/")
+_CONSTANT_STYLE = {"shape": "record", "color": "grey", "fontcolor": '"#555555"'}
+_NOTE_STYLE = {"labelloc": "t", "labeljust": "l", "fontsize": "10", "fontcolor": '"#555555"'}
+_INSTALL_PYDOT = 'pip install "tapegrad[viz]"'
+_INSTALL_GRAPHVIZ = ("apt-get install graphviz (Debian/Ubuntu), dnf install graphviz "
+                     "(Fedora/RHEL), brew install graphviz (macOS), winget install graphviz "
+                     "or choco install graphviz (Windows), conda install graphviz, or see "
+                     "https://graphviz.org/download/")
 
 
 class GraphTooLargeError(ValueError):
-    """The graph to draw has more nodes than ``max_nodes``."""
+    """The graph to draw has more nodes than ``max_nodes`` (or edges than ``max_edges``)."""
 
 
 class GraphvizError(RuntimeError):
@@ -74,38 +109,180 @@ class GraphvizNotFoundError(GraphvizError):
     """Graphviz's ``dot`` program is not installed (not on ``PATH``)."""
 
 
+class GraphvizTimeoutError(GraphvizError):
+    """Graphviz's ``dot`` program did not finish within the timeout (it was stopped)."""
+
+
+# ---------------------------------------------------------------------------------------
+# the drawn graph
+# ---------------------------------------------------------------------------------------
+
+class DotGraph:
+    """A drawn graph: a ``pydot.Dot`` that renders like ``graphviz.Source``.
+
+    * In Jupyter it shows as an SVG picture (``_repr_mimebundle_``, ``_repr_svg_``).
+    * ``.source`` is the DOT text, ``.pipe(format)`` the rendered bytes, and
+      ``.render(filename)`` writes the DOT file and ``filename.<format>`` (micrograd's
+      ``draw_dot(loss).render('gout')`` writes ``gout`` and ``gout.svg``).
+    * ``.pydot`` is the ``pydot.Dot``; other attributes (``create_svg``, ``write_png``,
+      ``get_nodes``, ...) are looked up on it, so code written for pydot keeps working.
+
+    ``format`` (``"svg"``, ``"png"``, ``"pdf"`` or ``"dot"``) is what ``pipe``, ``render``
+    and :func:`save_dot` (for a path without extension) produce by default. ``node_count``,
+    ``edge_count`` and ``rows`` give the size drawn; ``collapse`` the view drawn (``None``
+    for row by row); ``note`` the text shown on the picture when ``draw_dot`` collapsed
+    the graph by itself, else ``None``.
+    """
+
+    def __init__(self, graph: pydot.Dot, format: str = "svg", *, node_count: int = -1,
+                 edge_count: int = -1, rows: int = -1, collapse: str | None = None,
+                 note: str | None = None) -> None:
+        pydot = _import_pydot()
+        if not isinstance(graph, pydot.Dot):
+            raise TypeError(f"DotGraph wraps a pydot.Dot, got {_describe_type(graph)}")
+        self.format = _check_choice("format", format, _FORMATS)
+        if node_count < 0 or edge_count < 0:
+            node_count, edge_count = _count_pydot(graph)
+        self._graph = graph
+        self.node_count = node_count
+        self.edge_count = edge_count
+        self.rows = rows
+        self.collapse = collapse
+        self.note = note
+
+    @property
+    def pydot(self) -> pydot.Dot:
+        """The ``pydot.Dot`` this graph draws with."""
+        return self._graph
+
+    @property
+    def source(self) -> str:
+        """The DOT text (``graphviz.Source.source``)."""
+        return self._graph.to_string()
+
+    def pipe(self, format: str | None = None, *,
+             timeout: float | None = DEFAULT_TIMEOUT) -> bytes:
+        """The graph rendered by Graphviz's ``dot`` in ``format`` (default: ``.format``).
+
+        ``"dot"`` gives the DOT text without running Graphviz. ``timeout``: seconds
+        before ``dot`` is stopped and :class:`GraphvizTimeoutError` raised (``None``:
+        wait for ever).
+        """
+        fmt = self.format if format is None else _check_choice("format", format, _FORMATS)
+        text = self.source
+        if fmt == "dot":
+            return text.encode("utf-8")
+        return _run_dot(text, fmt, timeout, (self.node_count, self.edge_count))
+
+    def render(self, filename: str | os.PathLike[str] | None = None,
+               directory: str | os.PathLike[str] | None = None, view: bool = False,
+               cleanup: bool = False, format: str | None = None, *,
+               timeout: float | None = DEFAULT_TIMEOUT) -> str:
+        """Write the DOT text to ``filename`` and the picture to ``filename.<format>``.
+
+        Like ``graphviz.Digraph.render`` (same argument order): ``filename`` defaults to
+        ``"Digraph.gv"`` and is taken in ``directory`` when given (created if needed);
+        ``format`` defaults to ``.format``; ``cleanup=True`` deletes the DOT file after
+        rendering; ``view=True`` opens the picture with the system's viewer. Returns the
+        path of the picture (``"gout.svg"`` for ``render("gout")``).
+        """
+        fmt = self.format if format is None else _check_choice("format", format, _FORMATS)
+        source = Path("Digraph.gv" if filename is None else _check_path(filename, "render"))
+        if directory is not None:
+            directory = _check_path(directory, "render")
+            directory.mkdir(parents=True, exist_ok=True)
+            source = directory / source
+        text = self.source
+        source.write_text(text, encoding="utf-8")
+        out = source.with_name(f"{source.name}.{fmt}")
+        out.write_bytes(text.encode("utf-8") if fmt == "dot" else
+                        _run_dot(text, fmt, timeout, (self.node_count, self.edge_count)))
+        if cleanup:
+            source.unlink()
+        if view:
+            _view(out)
+        return os.fspath(out)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        """Jupyter's display: the SVG picture, and a text line (with the reason when
+        Graphviz is missing or fails, so the notebook shows why there is no picture)."""
+        bundle = {"text/plain": repr(self)}
+        wanted = (include is None or "image/svg+xml" in include) and \
+            (exclude is None or "image/svg+xml" not in exclude)
+        if wanted:
+            try:
+                bundle["image/svg+xml"] = self.pipe("svg").decode("utf-8")
+            except GraphvizError as err:
+                bundle["text/plain"] += f"\nno picture: {err}"
+        return bundle
+
+    def _repr_svg_(self) -> str | None:
+        """The SVG picture, or ``None`` (no picture) when Graphviz is missing or fails."""
+        try:
+            return self.pipe("svg").decode("utf-8")
+        except GraphvizError:
+            return None
+
+    def __getattr__(self, name: str) -> Any:
+        graph = self.__dict__.get("_graph")
+        if graph is None or name.startswith("__"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(graph, name)
+
+    def __str__(self) -> str:
+        return self.source
+
+    def __repr__(self) -> str:
+        view = "" if self.collapse is None else f", collapse={self.collapse!r}"
+        rows = f"{self.rows:,} rows as " if self.rows >= 0 else ""
+        text = (f"<tapegrad.viz.DotGraph: {rows}{self.node_count:,} nodes and "
+                f"{self.edge_count:,} edges{view}>")
+        return text if self.note is None else f"{text}\n{self.note}"
+
+
 # ---------------------------------------------------------------------------------------
 # public API
 # ---------------------------------------------------------------------------------------
 
 def draw_dot(root: Value | Tape, format: str = "svg", rankdir: str = "LR", *,
-             max_nodes: int = DEFAULT_MAX_NODES, around: Value | None = None,
-             depth: int = 2, collapse: str | None = None,
-             clusters: bool = True) -> pydot.Dot:
-    """The graph of ``root`` as a ``pydot.Dot``, in micrograd's look.
+             max_nodes: int = DEFAULT_MAX_NODES, max_edges: int = DEFAULT_MAX_EDGES,
+             around: Value | None = None, depth: int = 2, collapse: str | None = "auto",
+             clusters: bool = True, constants: bool = False) -> DotGraph:
+    """The graph of ``root`` as a :class:`DotGraph`, in micrograd's look.
 
     Args:
         root: a Value (its ancestors are drawn, like micrograd's ``trace``) or a Tape
             (all of its rows).
-        format: the format :func:`save_dot` writes when its path has no extension
-            (``"svg"``, ``"png"``, ``"pdf"`` or ``"dot"``).
+        format: what ``pipe``/``render`` produce and :func:`save_dot` writes when its
+            path has no extension (``"svg"``, ``"png"``, ``"pdf"`` or ``"dot"``).
         rankdir: ``"LR"`` (left to right, micrograd's default), ``"TB"``, ``"RL"``, ``"BT"``.
-        max_nodes: refuse (:class:`GraphTooLargeError`) to build a larger graph.
+        max_nodes, max_edges: the largest graph drawn, with at most
+            ``LONG_EDGE_FACTOR * max_edges`` ranks crossed by long edges (see
+            :data:`DEFAULT_MAX_EDGES`): Graphviz slows down sharply past a few thousand
+            nodes or edges, or with many long edges.
         around: draw only the rows within ``depth`` hops of this Value (operands and
             consumers, on ``root``'s tape). Rows with edges to rows left out are dashed.
         depth: the number of hops for ``around`` (an int >= 0).
-        collapse: ``None``; ``"chains"`` to draw each chain of rows with one consumer
-            and one operand as one node; ``"trees"`` to merge every row with a single
-            consumer into that consumer's node; ``"levels"`` to draw the rows of one
-            opcode and level (and scope) as one node. Labelled rows are never merged
-            into another node.
+        collapse: ``"auto"`` (default): row by row when that fits the caps, else the
+            first of ``"chains"``, ``"trees"``, ``"levels"`` that fits, with a note on
+            the picture saying so; :class:`GraphTooLargeError` when none fits.
+            ``None``: row by row, else :class:`GraphTooLargeError`. ``"chains"``: each
+            chain of rows with one consumer and one operand as one node; ``"trees"``:
+            every row with a single consumer merged into that consumer's node;
+            ``"levels"``: the rows of one opcode and level (and scope) as one node. An
+            explicit view that exceeds the caps raises :class:`GraphTooLargeError`.
+            Labelled rows are never merged into another node.
         clusters: draw rows recorded in :class:`tapegrad.scope` blocks in (nested) clusters.
+        constants: draw each immediate constant (the ``3`` of ``x * 3``) as its own value
+            node feeding the op, as micrograd does (it wraps constants in Values); the
+            exponent of ``**`` stays in the op (``**2``), as in micrograd.
     """
     pydot = _import_pydot()
-    graph_format = _check_choice("format", format, ("svg", "png", "pdf", "dot"))
+    graph_format = _check_choice("format", format, _FORMATS)
     _check_choice("rankdir", rankdir, _RANKDIRS)
     _check_choice("collapse", collapse, _COLLAPSE)
     _check_int("max_nodes", max_nodes, minimum=1)
+    _check_int("max_edges", max_edges, minimum=1)
     _check_int("depth", depth, minimum=0)
     tape, root_row = _resolve(root, "draw_dot")
     frame = _Frame.of(tape)
@@ -114,46 +291,63 @@ def draw_dot(root: Value | Tape, format: str = "svg", rankdir: str = "LR", *,
     else:
         rows = _neighbourhood(frame, _around_row(around, tape), depth)
     sub = _Sub.of(frame, rows, check_cut=around is not None)
-    groups = _group(frame, sub, collapse, split_scopes=clusters)
-    _check_size(groups, sub, frame, max_nodes, collapse, around, depth)
-    plan = _plan(frame, sub, groups, collapse, root_row)
-    graph = _to_pydot(pydot, plan, frame.scope_names if clusters else None, rankdir)
-    graph._tapegrad_format = graph_format
-    return graph
+    tried: list[_Layout] = []
+    for mode in _AUTO_ORDER if collapse == "auto" else (collapse,):
+        layout = _layout(frame, sub, mode, clusters, constants).fits(max_nodes, max_edges,
+                                                                     frame, sub)
+        if layout.fitted(max_nodes, max_edges):
+            break
+        tried.append(layout)
+    else:
+        raise _too_large(tried, sub, max_nodes, max_edges, collapse, around, depth)
+    plan = _plan(frame, sub, layout, root_row)
+    note = _note(sub, layout, tried[0], max_nodes, max_edges) if tried else None
+    graph = _to_pydot(pydot, plan, frame.scope_names if clusters else None, rankdir, note)
+    return DotGraph(graph, graph_format, node_count=layout.nodes, edge_count=layout.edges,
+                    rows=sub.m, collapse=layout.collapse, note=note)
 
 
-def render_dot(root: Value | Tape, rankdir: str = "LR", **options: Any) -> str:
-    """The DOT source of ``draw_dot(root, rankdir=rankdir, **options)``."""
-    return draw_dot(root, rankdir=rankdir, **options).to_string()
+def render_dot(root: Value | Tape | DotGraph, rankdir: str = "LR", **options: Any) -> str:
+    """The DOT source of ``draw_dot(root, rankdir=rankdir, **options)`` (no Graphviz run);
+    of a :class:`DotGraph` already drawn, its ``source``."""
+    if isinstance(root, DotGraph):
+        if options or rankdir != "LR":
+            raise TypeError("render_dot got drawing options with a graph that is already "
+                            "drawn; pass a Value or Tape to draw it with them")
+        return root.source
+    return draw_dot(root, rankdir=rankdir, **options).source
 
 
-def save_dot(graph: pydot.Dot | Value | Tape, path: str | os.PathLike[str],
-             **options: Any) -> Path:
+def save_dot(graph: DotGraph | pydot.Dot | Value | Tape, path: str | os.PathLike[str], *,
+             timeout: float | None = DEFAULT_TIMEOUT, **options: Any) -> Path:
     """Write a graph to ``path``, in the format its extension names; returns the path.
 
-    ``graph`` is a ``pydot.Dot`` from :func:`draw_dot`, or a Value or Tape drawn with
-    ``draw_dot(graph, **options)``. ``.dot``/``.gv`` write the DOT text; ``.svg``,
-    ``.png`` and ``.pdf`` run Graphviz's ``dot`` program (:class:`GraphvizNotFoundError`
-    when it is not installed). A path without extension gets the graph's ``format``.
+    ``graph`` is a :class:`DotGraph` from :func:`draw_dot` (or a ``pydot.Dot``), or a
+    Value or Tape drawn with ``draw_dot(graph, **options)``. ``.dot``/``.gv`` write the
+    DOT text; ``.svg``, ``.png`` and ``.pdf`` run Graphviz's ``dot`` program
+    (:class:`GraphvizNotFoundError` when it is not installed,
+    :class:`GraphvizTimeoutError` when it takes more than ``timeout`` seconds; ``None``:
+    no limit). A path without extension gets the graph's ``format``.
     """
     pydot = _import_pydot()
-    if not isinstance(graph, pydot.Dot):
+    if isinstance(graph, pydot.Dot):
+        graph = DotGraph(graph)
+    if not isinstance(graph, DotGraph):
         graph = draw_dot(graph, **options)
     elif options:
         raise TypeError(f"save_dot got drawing options {sorted(options)} with a graph "
                         "that is already drawn; pass a Value or Tape to draw it with them")
     path = _check_path(path, "save_dot")
     if not path.suffix:
-        path = path.with_suffix("." + getattr(graph, "_tapegrad_format", "svg"))
+        path = path.with_suffix("." + graph.format)
     fmt = SAVE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"save_dot cannot write {path.suffix!r} files ({path}); "
                          f"supported extensions: {', '.join(SAVE_FORMATS)}")
-    text = graph.to_string()
     if fmt == "dot":
-        path.write_text(text, encoding="utf-8")
+        path.write_text(graph.source, encoding="utf-8")
     else:
-        path.write_bytes(_run_dot(text, fmt))
+        path.write_bytes(graph.pipe(fmt, timeout=timeout))
     return path
 
 
@@ -194,8 +388,8 @@ def _import_pydot() -> Any:
     try:
         import pydot
     except ImportError as err:
-        raise ImportError("tapegrad.viz needs pydot to draw graphs: "
-                          "pip install -e '.[viz]' (or pip install pydot)") from err
+        raise ImportError(f"tapegrad.viz needs pydot to draw graphs: {_INSTALL_PYDOT} "
+                          "(or pip install pydot)") from err
     return pydot
 
 
@@ -274,9 +468,26 @@ class _Frame(NamedTuple):
 
 
 def _ancestors(frame: _Frame, root: int) -> np.ndarray:
-    """Rows ``root`` depends on, itself included, ascending."""
-    left = frame.a0[: root + 1].tolist()
-    right = frame.a1[: root + 1].tolist()
+    """Rows ``root`` depends on, itself included, ascending.
+
+    ``_graph.ancestors`` takes one vectorized step per level, which is fast for wide
+    graphs but slow for deep ones (a 10^6-row chain has 10^6 levels); there a walk over
+    the operand lists is faster.
+    """
+    if int(frame.level[root]) * _DEEP > root + 1:
+        return _ancestors_deep(frame.a0, frame.a1, root)
+    mask = _graph.ancestors(frame.a0, frame.a1, frame.level, np.array([root]))
+    return np.flatnonzero(mask)
+
+
+_DEEP = 16      # levels per row above which _ancestors walks instead of sweeping levels
+
+
+def _ancestors_deep(a0: np.ndarray, a1: np.ndarray, root: int) -> np.ndarray:
+    """Ancestors of ``root`` (itself included, ascending) by a depth-first walk: cost
+    linear in the rows up to ``root``, whatever the depth."""
+    left = a0[: root + 1].tolist()
+    right = a1[: root + 1].tolist()
     seen = bytearray(root + 1)
     seen[root] = 1
     stack = [root]
@@ -326,18 +537,13 @@ class _Sub(NamedTuple):
         cut_in = cut_out = np.zeros(rows.size, bool)
         if check_cut:
             cut_in = ((a0 >= 0) & (src0 < 0)) | ((a1 >= 0) & (src1 < 0))
-            cut_out = _consumers(frame.a0, frame.a1, frame.n)[rows] > \
-                _consumers(src0, src1, rows.size)
+            cut_out = _graph.consumers(frame.a0, frame.a1, frame.n)[rows] > \
+                _graph.consumers(src0, src1, rows.size)
         return cls(rows, src0, src1, cut_in, cut_out)
 
     @property
     def m(self) -> int:
         return self.rows.size
-
-
-def _consumers(a0: np.ndarray, a1: np.ndarray, n: int) -> np.ndarray:
-    """How many operand slots refer to each of ``n`` rows."""
-    return sum(np.bincount(a[a >= 0], minlength=n) for a in (a0, a1))
 
 
 # ---------------------------------------------------------------------------------------
@@ -370,7 +576,8 @@ def _group(frame: _Frame, sub: _Sub, collapse: str | None, split_scopes: bool) -
         consumer, joins = _single_consumers(frame, sub, split_scopes)
         if collapse == "chains":      # only into a consumer that has no other operand
             joins &= ((sub.src0 >= 0) != (sub.src1 >= 0))[consumer]
-        return _Groups.of_labels(_jump(np.where(joins, consumer, np.arange(sub.m))))
+        return _Groups.of_labels(
+            _graph.forest_roots(np.where(joins, consumer, np.arange(sub.m))))
     return _Groups.of_labels(np.arange(sub.m))
 
 
@@ -387,21 +594,12 @@ def _single_consumers(frame: _Frame, sub: _Sub,
     for src in (sub.src0, sub.src1):
         has = src >= 0
         consumer[src[has]] = np.flatnonzero(has)
-    joins = (_consumers(sub.src0, sub.src1, m) == 1) & ~np.isin(sub.rows, list(frame.labels))
+    joins = (_graph.consumers(sub.src0, sub.src1, m) == 1) & \
+        ~np.isin(sub.rows, list(frame.labels))
     if split_scopes:
         scope = frame.scope[sub.rows]
         joins &= (frame.level[sub.rows] == 0) | (scope[consumer] == scope)
     return consumer, joins
-
-
-def _jump(parent: np.ndarray) -> np.ndarray:
-    """The root of each position in a forest given by ``parent`` (roots point at
-    themselves), by pointer jumping: log2(depth) vectorized rounds."""
-    while True:
-        nxt = parent[parent]
-        if np.array_equal(nxt, parent):
-            return parent
-        parent = nxt
 
 
 def _level_keys(frame: _Frame, sub: _Sub, split_scopes: bool) -> np.ndarray:
@@ -413,32 +611,152 @@ def _level_keys(frame: _Frame, sub: _Sub, split_scopes: bool) -> np.ndarray:
     return key
 
 
-def _node_count(frame: _Frame, sub: _Sub, groups: _Groups) -> int:
-    """Nodes the picture has: one per collapsed group, value + op node per other row."""
+_ARITY = np.array([op.arity for op in OPS], np.int64)
+
+
+class _Layout(NamedTuple):
+    """A view of the selected rows and the size of its picture, before building it."""
+
+    collapse: str | None
+    groups: _Groups
+    src: np.ndarray       # per edge between groups: source group, target group, slots
+    dst: np.ndarray
+    slots: np.ndarray
+    constant: np.ndarray  # per position: the row is drawn with a constant node
+    nodes: int
+    edges: int
+    virtual: int = -1     # ranks crossed by long edges (dot's virtual nodes); -1: not counted
+
+    def fits(self, max_nodes: int, max_edges: int, frame: _Frame, sub: _Sub) -> _Layout:
+        """This layout with ``virtual`` counted when its nodes and edges fit the caps
+        (counting takes a Python step per group); test ``fitted`` on the result."""
+        if self.nodes > max_nodes or self.edges > max_edges:
+            return self
+        return self._replace(virtual=_rank_span(frame, sub, self))
+
+    def fitted(self, max_nodes: int, max_edges: int) -> bool:
+        return self.nodes <= max_nodes and self.edges <= max_edges and \
+            0 <= self.virtual <= LONG_EDGE_FACTOR * max_edges
+
+
+def _layout(frame: _Frame, sub: _Sub, collapse: str | None, clusters: bool,
+            constants: bool) -> _Layout:
+    """Group the rows for ``collapse`` and count the nodes and edges to draw: one node
+    per collapsed group; per other row a value node, an op node (not for leaves) with
+    an edge to it, and with ``constants`` a constant node and edge per immediate."""
+    groups = _group(frame, sub, collapse, split_scopes=clusters)
+    src, dst, slots = _group_edges(sub, groups)
     single = groups.size == 1
-    rows = sub.rows[groups.order[groups.start[single]]]
-    return int((~single).sum() + single.sum() + (frame.level[rows] > 0).sum())
+    alone = np.zeros(sub.m, bool)
+    alone[groups.order[groups.start[single]]] = True
+    inner = alone & (frame.level[sub.rows] > 0)
+    constant = np.zeros(sub.m, bool)
+    if constants:
+        op = frame.op[sub.rows]
+        immediate = (frame.a0[sub.rows] < 0) != (frame.a1[sub.rows] < 0)
+        constant = inner & (_ARITY[op] == 2) & immediate & (op != POW.code)
+    n_inner, n_const = int(inner.sum()), int(constant.sum())
+    nodes = int(groups.size.size) + n_inner + n_const
+    return _Layout(collapse, groups, src, dst, slots, constant, nodes,
+                   int(src.size) + n_inner + n_const)
 
 
-def _check_size(groups: _Groups, sub: _Sub, frame: _Frame, max_nodes: int,
-                collapse: str | None, around: Value | None, depth: int) -> None:
-    nodes = _node_count(frame, sub, groups)
-    if nodes <= max_nodes:
-        return
+def _rank_span(frame: _Frame, sub: _Sub, layout: _Layout) -> int:
+    """Virtual nodes Graphviz's ``dot`` will add: an edge spanning ``k`` ranks becomes
+    ``k - 1`` of them, and they, more than the nodes, make layouts slow.
+
+    Ranks are estimated the way ``dot`` tends to rank: longest paths from the sources
+    (a row drawn with op and value nodes takes two ranks), then, from the sinks back,
+    each node with at most one consumer moved next to it (``dot`` pulls a tree up to
+    the node it feeds). Cost: a Python step per group and edge, so call it on graphs
+    that fit the caps.
+    """
+    groups = layout.groups
+    k = groups.size.size
+    if k == 0 or layout.src.size == 0:
+        return 0
+    first = groups.order[groups.start]
+    last = groups.order[groups.start + groups.size - 1]
+    two = ((groups.size == 1) & (frame.level[sub.rows[first]] > 0)).astype(np.int64)
+    if layout.collapse == "levels":
+        order = np.argsort(frame.level[sub.rows[first]], kind="stable").tolist()
+    else:
+        order = np.argsort(last, kind="stable").tolist()   # a group's last row: its output
+    src, dst = layout.src, layout.dst
+    ins = _adjacency(dst, src, k)
+    outs = _adjacency(src, dst, k)
+    extra = two.tolist()
+    rank = [0] * k                                  # the rank of each group's output node
+    for g in order:
+        rank[g] = max((rank[s] for s in ins[g]), default=-1) + 1 + extra[g]
+    for g in reversed(order):
+        if len(outs[g]) == 1:
+            (c,) = outs[g]
+            rank[g] = rank[c] - extra[c] - 1
+    out_rank = np.array(rank, np.int64)
+    in_rank = out_rank - two
+    return int(np.maximum(in_rank[dst] - out_rank[src] - 1, 0).sum())
+
+
+def _adjacency(key: np.ndarray, other: np.ndarray, k: int) -> list[list[int]]:
+    """For each of ``k`` groups ``g``, the ``other`` ends of the edges whose ``key`` is g."""
+    lists: list[list[int]] = [[] for _ in range(k)]
+    for a, b in zip(key.tolist(), other.tolist()):
+        lists[a].append(b)
+    return lists
+
+
+def _too_large(tried: list[_Layout], sub: _Sub, max_nodes: int, max_edges: int,
+               collapse: str | None, around: Value | None, depth: int) -> GraphTooLargeError:
+    """The error for a graph over the caps; ``tried``: the views drawn, first to last."""
+    first = tried[0]
+    head = f"the graph has {sub.m:,} rows, {first.nodes:,} nodes"
+    if first.nodes > max_nodes:
+        head += f" to draw: more than max_nodes={max_nodes:,}"
+    elif first.edges > max_edges:
+        head += f" and {first.edges:,} edges to draw: more than max_edges={max_edges:,}"
+    else:
+        head += (f" and {first.edges:,} edges to draw, whose long edges cross "
+                 f"{first.virtual:,} ranks: more than {LONG_EDGE_FACTOR} × "
+                 f"max_edges={max_edges:,}")
     hints = []
     if around is None:
         hints.append("draw_dot(..., around=value, depth=2) to draw the rows near one Value")
     else:
         hints.append(f"a smaller depth than {depth}")
-    others = [repr(c) for c in _COLLAPSE if c is not None and c != collapse]
-    hints.append(f"collapse={', '.join(others[:-1])} or {others[-1]} to merge rows into "
-                 "summary nodes")
-    hints.append(f"max_nodes={nodes} to draw it anyway (Graphviz struggles above a few "
-                 "thousand nodes)")
+    if collapse == "auto":
+        least = min(tried[1:], key=lambda t: (t.nodes, t.edges))
+        spans = f", crossing {least.virtual:,} ranks" if least.virtual >= 0 else ""
+        hints.append(f"collapse='auto' tried 'chains', 'trees' and 'levels': the smallest, "
+                     f"collapse={least.collapse!r}, still has {least.nodes:,} nodes and "
+                     f"{least.edges:,} edges{spans}")
+    else:
+        others = [repr(c) for c in _AUTO_ORDER if c is not None and c != collapse]
+        hints.append(f"collapse={', '.join(others[:-1])} or {others[-1]} to merge rows into "
+                     "summary nodes")
+    anyway = "collapse=None, " if collapse == "auto" else ""
+    anyway += f"max_nodes={first.nodes}"
+    edges_needed = max(first.edges, -(-first.virtual // LONG_EDGE_FACTOR))
+    if edges_needed > max_edges:
+        anyway += f", max_edges={edges_needed}"
+    hints.append(f"{anyway} to draw it anyway (Graphviz struggles above a few thousand "
+                 "nodes or edges)")
     hints.append("export_dot(tape, 'graph.dot') to stream every row to a DOT file")
-    raise GraphTooLargeError(
-        f"the graph has {sub.m:,} rows, {nodes:,} nodes to draw: more than "
-        f"max_nodes={max_nodes:,}. Options: " + "; ".join(hints) + ".")
+    return GraphTooLargeError(f"{head}. Options: " + "; ".join(hints) + ".")
+
+
+def _note(sub: _Sub, drawn: _Layout, full: _Layout, max_nodes: int, max_edges: int) -> str:
+    """The line on a picture ``draw_dot`` collapsed by itself."""
+    if full.nodes > max_nodes:
+        over = f"max_nodes={max_nodes:,}"
+    elif full.edges > max_edges:
+        over = f"max_edges={max_edges:,}"
+    else:
+        over = f"{LONG_EDGE_FACTOR} × max_edges={max_edges:,} ranks crossed by long edges"
+    return (f"collapsed: {sub.m:,} rows drawn as {drawn.nodes:,} nodes "
+            f"(collapse={drawn.collapse!r}); row by row they need {full.nodes:,} nodes and "
+            f"{full.edges:,} edges, more than {over}.\nPass max_nodes=, max_edges= or "
+            "collapse= to change this.")
 
 
 # ---------------------------------------------------------------------------------------
@@ -456,9 +774,9 @@ class _Plan(NamedTuple):
     edges: list[tuple[str, str, dict[str, str]]]
 
 
-def _plan(frame: _Frame, sub: _Sub, groups: _Groups, collapse: str | None,
-          root: int | None) -> _Plan:
-    summary = _level_node if collapse == "levels" else _merged_node
+def _plan(frame: _Frame, sub: _Sub, layout: _Layout, root: int | None) -> _Plan:
+    groups = layout.groups
+    summary = _level_node if layout.collapse == "levels" else _merged_node
     cut = np.zeros(groups.size.size, bool)
     np.logical_or.at(cut, groups.of, sub.cut_in | sub.cut_out)
     plan = _Plan([], [])
@@ -466,44 +784,51 @@ def _plan(frame: _Frame, sub: _Sub, groups: _Groups, collapse: str | None,
     for g in range(groups.size.size):
         positions = groups.members(g)
         if positions.size == 1:
-            ends.append(_add_row(plan, frame, sub, int(positions[0]), root))
+            pos = int(positions[0])
+            ends.append(_add_row(plan, frame, sub, pos, root, bool(layout.constant[pos])))
             continue
         rows = sub.rows[positions]
         node = summary(frame, rows)
         _mark(node.attrs, root=root is not None and int(rows[-1]) == root, cut=bool(cut[g]))
         plan.nodes.append(node)
         ends.append((node.name, node.name))
-    for src, dst, count in _group_edges(sub, groups):
+    for src, dst, count in zip(layout.src.tolist(), layout.dst.tolist(),
+                               layout.slots.tolist()):
         attrs = {"label": _quote(f"×{count}")} if count > 1 else {}
         plan.edges.append((ends[src][1], ends[dst][0], attrs))
     return plan
 
 
-def _add_row(plan: _Plan, frame: _Frame, sub: _Sub, pos: int,
-             root: int | None) -> tuple[str, str]:
-    """Add a row micrograd-style: its op node -> its value node; (op or value, value)."""
+def _add_row(plan: _Plan, frame: _Frame, sub: _Sub, pos: int, root: int | None,
+             constant: bool) -> tuple[str, str]:
+    """Add a row micrograd-style: its op node -> its value node, and with ``constant``
+    a node for its immediate feeding the op; returns (op or value, value)."""
     row = int(sub.rows[pos])
     value = _value_node(frame, row)
     _mark(value.attrs, root=row == root, cut=bool(sub.cut_out[pos]))
     plan.nodes.append(value)
     if frame.level[row] == 0:
         return value.name, value.name
-    op = _op_node(frame, row)
+    op = _op_node(frame, row, bare=constant)
     _mark(op.attrs, root=False, cut=bool(sub.cut_in[pos]))
     plan.nodes.append(op)
     plan.edges.append((op.name, value.name, {}))
+    if constant:
+        node = _constant_node(frame, row)
+        plan.nodes.append(node)
+        plan.edges.append((node.name, op.name, {}))
     return op.name, value.name
 
 
-def _group_edges(sub: _Sub, groups: _Groups) -> Iterator[tuple[int, int, int]]:
-    """(source group, target group, operand slots) for each edge between two groups."""
+def _group_edges(sub: _Sub, groups: _Groups) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(source group, target group, operand slots) of the edges between two groups."""
     has0, has1 = sub.src0 >= 0, sub.src1 >= 0
     dst = np.concatenate((groups.of[has0], groups.of[has1]))
     src = np.concatenate((groups.of[sub.src0[has0]], groups.of[sub.src1[has1]]))
     keep = src != dst
     n = max(groups.size.size, 1)
     pairs, counts = np.unique(src[keep] * n + dst[keep], return_counts=True)
-    return zip((pairs // n).tolist(), (pairs % n).tolist(), counts.tolist())
+    return pairs // n, pairs % n, counts
 
 
 def _value_node(frame: _Frame, row: int) -> _Node:
@@ -513,10 +838,18 @@ def _value_node(frame: _Frame, row: int) -> _Node:
     return _Node(f"v{row}", {"label": label, "shape": "record"}, int(frame.scope[row]))
 
 
-def _op_node(frame: _Frame, row: int) -> _Node:
-    text = _op_text(int(frame.op[row]), int(frame.a0[row]), int(frame.a1[row]),
-                    float(frame.const[row]))
+def _op_node(frame: _Frame, row: int, bare: bool = False) -> _Node:
+    """The op with its immediate (``* 3``), or only its symbol when ``bare``."""
+    code = int(frame.op[row])
+    text = OPS[code].symbol if bare else _op_text(code, int(frame.a0[row]),
+                                                  int(frame.a1[row]), float(frame.const[row]))
     return _Node(f"o{row}", {"label": _quote(text)}, int(frame.scope[row]))
+
+
+def _constant_node(frame: _Frame, row: int) -> _Node:
+    """The immediate of ``row`` as micrograd's Value for it, greyed: ``{ | data 3 | constant }``."""
+    label = _record("", f"data {_num(frame.const[row])}", "constant")
+    return _Node(f"k{row}", {"label": label, **_CONSTANT_STYLE}, int(frame.scope[row]))
 
 
 def _merged_node(frame: _Frame, rows: np.ndarray) -> _Node:
@@ -584,9 +917,39 @@ def _num(x: float) -> str:
     return f"{x:.4f}" if not np.isfinite(x) or abs(x) < 1e6 else f"{x:.4e}"
 
 
+def _visible(text: str) -> str:
+    """``text`` with the characters DOT, Graphviz or UTF-8 reject made visible: control
+    characters other than newline as their U+2400 symbols (NUL as ``␀``, ESC as ``␛``,
+    DEL as ``␡``), C1 controls as ``\\x85`` and lone surrogates as ``\\udc80``."""
+    if text.isprintable():
+        return text         # the usual case: nothing to replace
+    return text.translate(_VISIBLE)
+
+
+class _Visible(dict):
+    """``str.translate`` table of :func:`_visible`, filled on demand."""
+
+    def __missing__(self, code: int) -> str | int:
+        if code < 0x20 and code != 0x0A:
+            out: str | int = chr(0x2400 + code)
+        elif code == 0x7F:
+            out = chr(0x2421)
+        elif 0x80 <= code < 0xA0:
+            out = f"\\x{code:02x}"
+        elif 0xD800 <= code < 0xE000:
+            out = f"\\u{code:04x}"
+        else:
+            out = code
+        self[code] = out
+        return out
+
+
+_VISIBLE = _Visible()
+
+
 def _quote(text: str) -> str:
     """A DOT double-quoted string."""
-    text = text.replace("\\", "\\\\").replace('"', '\\"')
+    text = _visible(text).replace("\\", "\\\\").replace('"', '\\"')
     return '"' + text.replace("\n", "\\n") + '"'
 
 
@@ -596,7 +959,7 @@ def _record(*fields: str) -> str:
 
 
 def _field(text: str) -> str:
-    text = text.replace("\\", "\\\\")
+    text = _visible(text).replace("\\", "\\\\")
     for ch in '{}|<>"':
         text = text.replace(ch, "\\" + ch)
     return text.replace("\n", "\\n")
@@ -607,8 +970,15 @@ def _field(text: str) -> str:
 # ---------------------------------------------------------------------------------------
 
 def _to_pydot(pydot: Any, plan: _Plan, scope_names: tuple[str, ...] | None,
-              rankdir: str) -> pydot.Dot:
+              rankdir: str, note: str | None = None) -> pydot.Dot:
     graph = pydot.Dot("tapegrad", graph_type="digraph", rankdir=rankdir)
+    cluster_style = {"style": "rounded", "color": "grey"}
+    if note is not None:        # a graph label; clusters would inherit its style
+        lines = [_quote(line)[1:-1] for line in note.split("\n")]
+        graph.set("label", '"' + "\\l".join(lines) + '\\l"')     # left-justified lines
+        for key, value in _NOTE_STYLE.items():
+            graph.set(key, value)
+        cluster_style.update(labelloc="t", labeljust="c", fontsize="14", fontcolor="black")
     clusters: dict[str, Any] = {}
 
     def container(path: str) -> Any:
@@ -617,7 +987,7 @@ def _to_pydot(pydot: Any, plan: _Plan, scope_names: tuple[str, ...] | None,
         if path not in clusters:
             parent, _, name = path.rpartition("/")
             cluster = pydot.Cluster(f"s{len(clusters)}", label=_quote(name),
-                                    tooltip=_quote(path), style="rounded", color="grey")
+                                    tooltip=_quote(path), **cluster_style)
             clusters[path] = cluster
             container(parent).add_subgraph(cluster)
         return clusters[path]
@@ -630,20 +1000,59 @@ def _to_pydot(pydot: Any, plan: _Plan, scope_names: tuple[str, ...] | None,
     return graph
 
 
-def _run_dot(text: str, fmt: str) -> bytes:
-    """Render DOT text with Graphviz's ``dot`` program, looked up on ``PATH`` now."""
+def _run_dot(text: str, fmt: str, timeout: float | None, size: tuple[int, int]) -> bytes:
+    """Render DOT text with Graphviz's ``dot`` program, looked up on ``PATH`` now, stopped
+    after ``timeout`` seconds (``None``: no limit). ``size``: (nodes, edges), for errors."""
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"timeout must be a number of seconds or None, "
+                            f"got {_describe_type(timeout)}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds (or None), got {timeout!r}")
     exe = shutil.which("dot")
     if exe is None:
         raise GraphvizNotFoundError(
             f"rendering {fmt} needs Graphviz's 'dot' program, which is not on PATH. "
             f"Install Graphviz: {_INSTALL_GRAPHVIZ}. Or save a .dot file instead, "
             "which needs no Graphviz.")
-    proc = subprocess.run([exe, f"-T{fmt}"], input=text.encode("utf-8"),
-                          capture_output=True, check=False)
+    try:
+        proc = subprocess.run([exe, f"-T{fmt}"], input=text.encode("utf-8"),
+                              capture_output=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        nodes, edges = size
+        raise GraphvizTimeoutError(
+            f"Graphviz did not finish laying out {nodes:,} nodes and {edges:,} edges "
+            f"within {timeout:g} s (it was stopped); write a .dot file instead "
+            "(save_dot(g, 'x.dot')), lower max_nodes, or use collapse='levels' "
+            "(or pass a larger timeout=, or timeout=None to wait)") from None
     if proc.returncode != 0:
         raise GraphvizError(f"Graphviz's dot failed (exit status {proc.returncode}) "
                             f"rendering {fmt}: {proc.stderr.decode(errors='replace').strip()}")
     return proc.stdout
+
+
+def _count_pydot(graph: Any) -> tuple[int, int]:
+    """(nodes, edges) of a pydot graph and its subgraphs (default-attribute statements
+    ``node``/``edge``/``graph`` are not nodes)."""
+    nodes = sum(n.get_name() not in ("node", "edge", "graph") for n in graph.get_nodes())
+    edges = len(graph.get_edges())
+    for sub in graph.get_subgraphs():
+        n, e = _count_pydot(sub)
+        nodes, edges = nodes + n, edges + e
+    return nodes, edges
+
+
+def _view(path: Path) -> None:
+    """Open ``path`` with the system's viewer, without waiting for it."""
+    if sys.platform == "win32":    # pragma: no cover
+        os.startfile(os.fspath(path))   # noqa: S606
+        return
+    opener = "open" if sys.platform == "darwin" else "xdg-open"
+    exe = shutil.which(opener)
+    if exe is None:
+        raise RuntimeError(f"view=True needs {opener!r} to open {path}, which is not on PATH")
+    subprocess.Popen([exe, os.fspath(path)], stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 # ---------------------------------------------------------------------------------------

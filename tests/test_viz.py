@@ -240,8 +240,9 @@ def test_root_is_highlighted_and_rankdir_is_passed_on():
 
 def test_render_dot_is_the_text_of_draw_dot():
     t, a, b, c = micrograd_expression()
-    assert render_dot(c) == draw_dot(c).to_string()
-    assert isinstance(draw_dot(c), pydot.Dot)
+    graph = draw_dot(c)
+    assert render_dot(c) == graph.to_string() == graph.source == str(graph)
+    assert isinstance(graph, viz.DotGraph) and isinstance(graph.pydot, pydot.Dot)
 
 
 # ---------------------------------------------------------------------------------------
@@ -288,7 +289,7 @@ def test_clusters_can_be_turned_off():
 def test_the_node_cap_names_the_size_and_the_options():
     t, x, _ = chain(150)                     # 301 rows: 601 nodes
     with pytest.raises(GraphTooLargeError) as info:
-        draw_dot(x)
+        draw_dot(x, collapse=None, max_nodes=500)
     message = str(info.value)
     assert isinstance(info.value, ValueError)
     for part in ("301 rows", "601 nodes", "max_nodes=500", "around=", "collapse=",
@@ -296,7 +297,7 @@ def test_the_node_cap_names_the_size_and_the_options():
         assert part in message
     assert len(nodes(draw_dot(x, max_nodes=601))) == 601
     with pytest.raises(GraphTooLargeError, match="601 nodes"):
-        draw_dot(x, max_nodes=600)
+        draw_dot(x, max_nodes=600, collapse=None)
 
 
 def test_the_cap_applies_to_the_collapsed_graph():
@@ -490,7 +491,7 @@ def test_missing_dot_program_raises_a_clear_error(tmp_path, monkeypatch):
         save_dot(c, tmp_path / "expr.svg")
     assert isinstance(info.value, RuntimeError) and isinstance(info.value, GraphvizError)
     for part in ("'dot' program", "apt-get install graphviz", "brew install graphviz",
-                 "conda install graphviz"):
+                 "conda install graphviz", "dnf install graphviz", "winget install graphviz"):
         assert part in str(info.value)
     assert not (tmp_path / "expr.svg").exists()
 
@@ -542,8 +543,10 @@ def test_bad_roots_and_options_raise_specific_errors(tmp_path):
         ({"depth": 1.5}, TypeError, "depth must be an int"),
         ({"max_nodes": 0}, ValueError, "max_nodes must be >= 1"),
         ({"max_nodes": True}, TypeError, "max_nodes must be an int"),
+        ({"max_edges": 0}, ValueError, "max_edges must be >= 1"),
+        ({"max_edges": 2.0}, TypeError, "max_edges must be an int"),
         ({"collapse": "all"}, ValueError,
-         "collapse must be one of None, 'chains', 'trees', 'levels'"),
+         "collapse must be one of 'auto', None, 'chains', 'trees', 'levels'"),
         ({"rankdir": "XY"}, ValueError, "rankdir must be one of"),
         ({"format": "jpg"}, ValueError, "format must be one of"),
         ({"around": 3.0}, TypeError, "around must be a tapegrad Value, got float"),
@@ -562,6 +565,6 @@ def test_bad_roots_and_options_raise_specific_errors(tmp_path):
 def test_pydot_is_imported_only_when_drawing(monkeypatch):
     monkeypatch.setitem(sys.modules, "pydot", None)      # import pydot now fails
     t, a, b, c = micrograd_expression()
-    with pytest.raises(ImportError, match=re.escape("pip install -e '.[viz]'")):
+    with pytest.raises(ImportError, match=re.escape('pip install "tapegrad[viz]"')):
         draw_dot(c)
     assert "pydot" not in vars(viz)
