@@ -489,7 +489,8 @@ def _leave(tape: Tape) -> None:
             names = ", ".join(repr(t.name) for t in stack[k + 1:])
             _say(f"{_PROG}: warning: the script left tapes entered ({names}); "
                  "leaving them")
-            del stack[k:]
+            for entered in reversed(stack[k:]):
+                entered.__exit__(None, None, None)
             return
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 _FIRST_BLOCK = 4096       # rows examined first when looking for a closed interval
-_BFS_ROUNDS = 24          # frontier rounds ancestors_bfs tries before giving up
+BFS_ROUNDS = 64           # frontier rounds ancestors_bfs tries before giving up
 
 
 def consumers(a0: np.ndarray, a1: np.ndarray, n: int) -> np.ndarray:
@@ -47,34 +47,25 @@ def ancestors(a0: np.ndarray, a1: np.ndarray, level: np.ndarray,
     return mark[:n]
 
 
-def ancestors_bfs(a0: np.ndarray, a1: np.ndarray, root: int, lo: int,
-                  rounds: int = _BFS_ROUNDS) -> np.ndarray | None:
-    """Ancestor rows of ``root`` (ascending), found by frontier rounds, or ``None``
-    when the graph is deeper than ``rounds`` hops (the caller then uses the closed
-    interval). ``lo``: the start of the root's closed interval (see
-    :func:`closure_start`); operands below it are leaves and end a path."""
-    m = root + 1 - lo
-    seen = np.zeros(m, bool)
-    seen[m - 1] = True
+def ancestors_bfs(a0: np.ndarray, a1: np.ndarray, root: int,
+                  rounds: int = BFS_ROUNDS) -> np.ndarray | None:
+    """Ancestor rows of ``root`` (ascending, itself included), found by frontier
+    rounds, or ``None`` when the graph is more than ``rounds`` hops deep (the caller
+    then uses the closed interval). Cost follows the ancestors, not the tape."""
+    seen = np.zeros(root + 1, bool)             # calloc'd: only touched pages cost
+    seen[root] = True
     frontier = np.array([root], np.int64)
-    leaves = []
+    visited = [frontier]
     for _ in range(rounds):
         ops = np.concatenate((a0[frontier], a1[frontier])).astype(np.int64)
         ops = ops[ops >= 0]
-        below = ops < lo
-        if below.any():
-            leaves.append(ops[below])
-            ops = ops[~below]
-        ops = ops - lo
         ops = ops[~seen[ops]]
         if ops.size == 0:
-            inner = np.flatnonzero(seen) + lo
-            if leaves:
-                return np.union1d(np.concatenate(leaves), inner)
-            return inner
+            return np.sort(np.concatenate(visited))
         ops = np.unique(ops)
         seen[ops] = True
-        frontier = ops + lo
+        visited.append(ops)
+        frontier = ops
     return None
 
 
@@ -125,9 +116,15 @@ def level_groups(keys: np.ndarray, descending: bool = True) -> tuple[np.ndarray,
     keys = np.asarray(keys)
     if keys.size == 0:
         return np.empty(0, np.int64), np.zeros(1, np.int64)
-    k = keys.astype(np.int64)
-    order = np.argsort(-k if descending else k, kind="stable")
-    sk = k[order]
+    top, bottom = int(keys.max()), int(keys.min())
+    if top - bottom < 1 << 16:             # 16-bit ranks: NumPy's stable sort is a radix sort
+        k = keys.astype(np.int32, copy=False)
+        rank = ((top - k) if descending else (k - bottom)).astype(np.uint16)
+    else:
+        k = keys.astype(np.int64)
+        rank = -k if descending else k
+    order = np.argsort(rank, kind="stable")
+    sk = keys[order]
     starts = np.concatenate(([0], np.flatnonzero(sk[1:] != sk[:-1]) + 1, [sk.size]))
     return order, starts
 
@@ -159,9 +156,10 @@ def depths(parent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return depth, root
 
 
-def chains(pred: np.ndarray) -> list[np.ndarray]:
+def chains(pred: np.ndarray, min_length: int = 2) -> list[np.ndarray]:
     """Paths through ``pred`` links (``pred[i]`` is ``i``'s predecessor on its path or
-    ``-1``), each bottom to top, length >= 2. Every node has at most one successor."""
+    ``-1``), each bottom to top, of at least ``min_length`` nodes. Every node has at
+    most one successor."""
     k = pred.size
     on = np.flatnonzero(pred >= 0)
     if on.size == 0:
@@ -172,8 +170,36 @@ def chains(pred: np.ndarray) -> list[np.ndarray]:
     members = np.flatnonzero(in_path)
     depth, bottom = depths(pred)
     order = members[np.lexsort((depth[members], bottom[members]))]
-    starts = np.flatnonzero(np.diff(bottom[order])) + 1
-    return [p for p in np.split(order, starts) if p.size >= 2]
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(bottom[order])) + 1, [order.size]))
+    sizes = np.diff(starts)
+    long = np.flatnonzero(sizes >= max(min_length, 2))
+    if long.size == 0:
+        return []
+    if long.size == sizes.size:
+        return np.split(order, starts[1:-1])
+    keep = np.repeat(np.isin(np.arange(sizes.size), long), sizes)
+    kept_sizes = sizes[long]
+    return np.split(order[keep], np.cumsum(kept_sizes)[:-1])
+
+
+def runs(pred: np.ndarray, min_length: int) -> list[np.ndarray]:
+    """The paths of :func:`chains` whose nodes come one after another in index order
+    (no other path member in between), of at least ``min_length`` nodes: linear time,
+    no pointer jumping. Recurrences (``x = x * a + b``) and sum chains are such paths;
+    paths interleaved with others come apart and are left out."""
+    has = pred >= 0
+    is_pred = np.zeros(pred.size, bool)
+    is_pred[pred[has]] = True
+    members = np.flatnonzero(has | is_pred)
+    if members.size < 2:
+        return []
+    link = np.zeros(members.size + 1, np.int8)
+    link[1:-1] = pred[members[1:]] == members[:-1]
+    step = np.diff(link)
+    starts = np.flatnonzero(step == 1)           # link k joins members k and k + 1
+    stops = np.flatnonzero(step == -1)
+    long = stops - starts + 1 >= min_length
+    return [members[a: b + 1] for a, b in zip(starts[long].tolist(), stops[long].tolist())]
 
 
 def single_reader_links(x: np.ndarray, y: np.ndarray, member: np.ndarray,

@@ -36,6 +36,8 @@ from .ops import ADD, GUARDS, MUL, OPS, SUB, Op
 _SUM_FAMILY = (ADD.code, SUB.code)
 _SEQUENTIAL_MIN = 64      # mixed-op chains at least this long run row by row ...
 _SEQUENTIAL_WIDTH = 8     # ... when their levels hold at most this many rows
+_FOLD_MIN = 8             # the backward folds single-reader chains of at least this length
+_BINARY = np.array([o.arity == 2 for o in OPS])
 
 
 def _run_sequential(step: _SequentialStep, values: np.ndarray) -> None:
@@ -80,6 +82,30 @@ class GuardError(RuntimeError):
     """A replay would take a different branch than the recording: a recorded comparison
     comes out differently with the new values, so the tape no longer describes the
     program. Record again (or keep the branch fixed)."""
+
+
+def _local_index(rows: np.ndarray):
+    """A function from tape rows to their positions in ``rows`` (ascending), ``-1`` for
+    rows not in it: a dense table over ``rows``' range when that is not much larger
+    than ``rows``, else binary search."""
+    n = rows.size
+    if n == 0:
+        return lambda tape_rows: np.full(np.shape(tape_rows), -1, np.int64)
+    lo, hi = int(rows[0]), int(rows[-1])
+    if hi - lo < 16 * n + 4096:
+        table = np.full(hi - lo + 2, -1, np.int64)     # the last slot: out of range
+        table[rows - lo] = np.arange(n)
+
+        def dense(tape_rows: np.ndarray) -> np.ndarray:
+            at = np.asarray(tape_rows, np.int64) - lo
+            at[(at < 0) | (at > hi - lo)] = hi - lo + 1
+            return table[at]
+        return dense
+
+    def search(tape_rows: np.ndarray) -> np.ndarray:
+        at = np.minimum(np.searchsorted(rows, tape_rows), n - 1)
+        return np.where(rows[at] == tape_rows, at, -1)
+    return search
 
 
 @dataclass
@@ -161,7 +187,7 @@ class Plan:
         level = cols.level[rows]
         a0 = cols.a0[rows].astype(np.int64)
         a1 = cols.a1[rows].astype(np.int64)
-        binary = np.array([o.arity == 2 for o in OPS])[op]
+        binary = _BINARY[op]
         # immediates become constant rows (distinct bit patterns, so -0.0 stays -0.0)
         needs = binary & ((a0 < 0) | (a1 < 0))
         consts = cols.const[rows][needs]
@@ -170,24 +196,69 @@ class Plan:
         sink = n + const_values.size
         const_row = np.full(n, sink, np.int64)
         const_row[needs] = n + const_of
-        local_x = np.searchsorted(rows, a0)
-        local_y = np.searchsorted(rows, a1)
+        local = _local_index(rows)
+        local_x, local_y = local(a0), local(a1)
+        for args, found in ((a0, local_x), (a1, local_y)):
+            if ((args >= 0) & (found < 0)).any():
+                raise ValueError("plan rows must include every operand of the rows they cover")
         x = np.where(a0 >= 0, local_x, np.where(binary, const_row, sink))
         y = np.where(a1 >= 0, local_y, np.where(binary, const_row, sink))
-        for args in (a0, a1):
-            read = args[args >= 0]
-            covered = np.searchsorted(rows, read)
-            if read.size and not np.array_equal(rows[np.minimum(covered, n - 1)], read):
-                raise ValueError("plan rows must include every operand of the rows they cover")
-        given_local = np.searchsorted(rows, given)
         is_given = np.zeros(n, bool)
-        is_given[given_local] = True
+        is_given[local(given)] = True
         evaluated = np.flatnonzero((level > 0) & ~is_given)
         leaves = np.flatnonzero((level == 0) | is_given)
         plan = cls(rows, const_values, x, y, op, level, evaluated, leaves)
         if schedule:
             plan.steps = plan._schedule(cols)
         return plan
+
+    @classmethod
+    def for_backward(cls, cols, leaves: np.ndarray, lo: int, hi: int) -> Plan:
+        """Plan of the rows a backward of row ``hi - 1`` sweeps: the leaves it reads
+        before ``lo`` (ascending) and every row of ``[lo, hi)``, which the caller knows
+        to be closed (every operand is in the interval or among ``leaves``).
+
+        The interval's columns are read as slices, operands are renumbered by
+        arithmetic and each immediate gets a constant row of its own: no sorting, so
+        this costs a few passes over the interval (no forward schedule)."""
+        nl = leaves.size
+        n = nl + hi - lo
+        rows = np.concatenate((leaves.astype(np.int64), np.arange(lo, hi, dtype=np.int64)))
+        op = np.concatenate((cols.op[leaves], cols.op[lo:hi]))
+        level = np.concatenate((cols.level[leaves], cols.level[lo:hi]))
+        binary = _BINARY[op]
+        xy = []
+        for args_col in (cols.a0, cols.a1):
+            a = args_col[lo:hi]
+            local = np.empty(n, np.int64)
+            local[:nl] = -1
+            tail = local[nl:]
+            np.add(a, nl - lo, out=tail, casting="unsafe")
+            before = (a >= 0) & (a < lo)
+            if before.any():
+                tail[before] = np.searchsorted(leaves, a[before])
+            tail[a < 0] = -1
+            xy.append(local)
+        x, y = xy
+        needs = binary & ((x < 0) | (y < 0))
+        at = np.flatnonzero(needs)
+        const_values = np.concatenate((cols.const[leaves], cols.const[lo:hi]))[at]
+        sink = n + at.size
+        const_row = np.full(n, sink, np.int64)
+        const_row[at] = n + np.arange(at.size)
+        x = np.where(x >= 0, x, np.where(binary, const_row, sink))
+        y = np.where(y >= 0, y, np.where(binary, const_row, sink))
+        evaluated = np.flatnonzero(level > 0)
+        plan_leaves = np.flatnonzero(level == 0)
+        return cls(rows, const_values, x, y, op, level, evaluated, plan_leaves)
+
+    def same_structure(self, other: Plan) -> bool:
+        """Whether ``other`` has this plan's ops and local operands (so a
+        :class:`Backward` of one serves the other): true for the same graph recorded
+        again elsewhere on the tape."""
+        return (self.op.size == other.op.size and self.const_values.size ==
+                other.const_values.size and np.array_equal(self.op, other.op)
+                and np.array_equal(self.x, other.x) and np.array_equal(self.y, other.y))
 
     def _fan(self) -> np.ndarray:
         return _graph.consumers(self.x[self.evaluated], self.y[self.evaluated], self.size)
@@ -353,15 +424,6 @@ class Plan:
 
 
 @dataclass
-class _LevelGroup:
-    cons: np.ndarray     # local rows whose adjoints are final at this level
-    p0: np.ndarray       # their partials' indices in the flat (2 * rows) partial array
-    p1: np.ndarray
-    t0: np.ndarray       # their operand rows (sink for none)
-    t1: np.ndarray
-
-
-@dataclass
 class _FoldedChains:
     rows: np.ndarray     # (L, G) local rows: chain position, top first, x chain
     links: np.ndarray    # (L - 1, G) flat partial index of each row (top first, not the
@@ -371,14 +433,23 @@ class _FoldedChains:
     side_part: np.ndarray
 
 
+_DIFFERENTIABLE = np.array([o.partials is not None for o in OPS])
+
+
 class Backward:
     """Reverse schedule of a plan for one output: adjoints of all its rows.
 
     The one backward schedule of tapegrad, for eager ``backward()`` (over the root's
-    ancestors), compiled backward after a replay, and ``Function`` gradients. Every
-    single-reader chain is folded into a reversed cumulative product of its link
-    partials; the other rows go one level group at a time, highest level first, with
-    one gather x partial -> ``np.add.at`` per operand slot.
+    ancestors), compiled backward after a replay, and ``Function`` gradients. Single-
+    reader chains of at least ``_FOLD_MIN`` rows whose rows follow one another are
+    folded into a reversed cumulative product of their link partials; the other rows
+    go one level group at a time, highest level first, with one gather x partial ->
+    ``np.add.at`` per operand slot.
+
+    All rows with partials are laid out once in :attr:`order`: the level groups first
+    (highest level first, each a slice), then the folded chains. Partials are computed
+    in that order into one flat array (slot 0 block, then slot 1), so every step of
+    the sweep reads slices.
 
     ``exact``: every row of the plan is an ancestor of the output. When not, a reach
     mask travels with the adjoints so that rows that do not reach the output neither
@@ -390,74 +461,78 @@ class Backward:
         self.output = output                  # local row
         self.exact = exact
         self.reached: np.ndarray | None = None
-        diff = np.array([o.partials is not None for o in OPS])
-        rows = plan.evaluated[diff[plan.op[plan.evaluated]]]
+        self.anomaly_found: tuple[int, int, float, float] | None = None
+        ev = plan.evaluated
+        rows = ev[_DIFFERENTIABLE[plan.op[ev]]]
         self.rows = rows                      # local rows with partials, ascending
-        self.by_op = [(OPS[c], rows[at], at) for c in np.unique(plan.op[rows]).tolist()
-                      for at in [np.flatnonzero(plan.op[rows] == c)]]
-        pos = np.full(plan.size, -1, np.int64)
-        pos[rows] = np.arange(rows.size)
-        self.pos = pos
-        fan = _graph.consumers(plan.x[rows], plan.y[rows], plan.size)
-        has_partials = np.zeros(plan.size, bool)
+        size, sink = plan.size, plan.sink
+        fan = _graph.consumers(plan.x[rows], plan.y[rows], size)
+        has_partials = np.zeros(size, bool)
         has_partials[rows] = True
-        pred = np.full(plan.size, -1, np.int64)
-        pred_slot = np.zeros(plan.size, np.int64)
+        pred = np.full(size, -1, np.int64)
+        pred_slot = np.zeros(size, np.int64)
         for slot, operand in ((0, plan.x), (1, plan.y)):
-            cand = pred[rows] < 0
             p = operand[rows]
-            ok = cand & has_partials[p] & (fan[p] == 1) & (p != plan.sink)
+            ok = (pred[rows] < 0) & has_partials[p] & (fan[p] == 1) & (p != sink)
             pred[rows[ok]] = p[ok]
             pred_slot[rows[ok]] = slot
-        folded = np.zeros(plan.size, bool)
         key = plan.level
-        self.chains: dict[int, list[_FoldedChains]] = {}
+        folded = np.zeros(size, bool)
         by_shape: dict[tuple[int, int], list[np.ndarray]] = {}
-        for path in _graph.chains(pred):
+        for path in _graph.runs(pred, _FOLD_MIN):
             folded[path] = True
             by_shape.setdefault((int(key[path[-1]]), path.size), []).append(path)
-        n = rows.size                       # partial of row r, slot s: flat index s * n + pos
-        for (k, _), paths in by_shape.items():
-            out = np.array(paths).T[::-1].copy()          # top first
+        rest = rows[~folded[rows]]
+        by_level, starts = _graph.level_groups(key[rest])
+        rest = rest[by_level]
+        blocks = [np.ascontiguousarray(np.array(paths).T[::-1])          # top first
+                  for paths in by_shape.values()]
+        order = np.concatenate([rest] + [b.ravel() for b in blocks])
+        self.order = order
+        m = order.size
+        pos = np.full(size, -1, np.int64)
+        pos[order] = np.arange(m)
+        self.t0 = plan.x[order]
+        self.t1 = plan.y[order]
+        op = plan.op[order]
+        by_op, cuts = _graph.level_groups(op, descending=False)
+        self.by_op = [(OPS[int(op[by_op[a]])], by_op[a:b])
+                      for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist())]
+        self.groups: dict[int, tuple[int, int]] = {
+            int(key[rest[a]]): (a, b) for a, b in zip(starts[:-1].tolist(), starts[1:].tolist())}
+        self.chains: dict[int, list[_FoldedChains]] = {}
+        for (k, _), out in zip(by_shape, blocks):
             upper = out[:-1]
             side_c, side_t, side_p = [], [], []
             for slot, operand in ((0, plan.x), (1, plan.y)):
-                use = operand[out] != plan.sink
+                use = operand[out] != sink
                 use[:-1] &= pred_slot[upper] != slot
                 side_c.append(out[use])
                 side_t.append(operand[out][use])
-                side_p.append(slot * n + pos[out[use]])
+                side_p.append(slot * m + pos[out[use]])
             self.chains.setdefault(k, []).append(_FoldedChains(
-                out, pred_slot[upper] * n + pos[upper],
+                out, pred_slot[upper] * m + pos[upper],
                 *map(np.concatenate, (side_c, side_t, side_p))))
-        rest = rows[~folded[rows]]
-        order, starts = _graph.level_groups(key[rest])
-        order = rest[order]
-        self.groups: dict[int, _LevelGroup] = {}
-        for s, e in zip(starts[:-1].tolist(), starts[1:].tolist()):
-            group = order[s:e]
-            self.groups[int(key[group[0]])] = _LevelGroup(
-                group, pos[group], n + pos[group], plan.x[group], plan.y[group])
         self.keys = sorted(set(self.groups) | set(self.chains), reverse=True)
 
     def partials(self, values: np.ndarray, timing=None) -> np.ndarray:
-        """Local partials of every row with partials, flat: slot 0 block, then slot 1."""
-        plan = self.plan
-        n = self.rows.size
-        part = np.zeros((2 * n,) + values.shape[1:])
+        """Local partials of the rows in :attr:`order`, flat: slot 0 block, then slot 1."""
+        order, t0, t1 = self.order, self.t0, self.t1
+        m = order.size
+        part = np.zeros((2 * m,) + values.shape[1:])
         with np.errstate(all="ignore"):
-            for rule, sel, at in self.by_op:
+            for rule, at in self.by_op:
                 start = perf_counter() if timing is not None else 0.0
                 operands = "x" in rule.reads or "y" in rule.reads
-                x = values[plan.x[sel]] if operands else None
-                y = values[plan.y[sel]] if operands else None
-                out = values[sel] if "o" in rule.reads else None
+                x = values[t0[at]] if operands else None
+                y = values[t1[at]] if operands else None
+                out = values[order[at]] if "o" in rule.reads else None
                 d0, d1 = rule.partials(x, y, out)
                 part[at] = d0
                 if rule.arity == 2:
-                    part[n + at] = d1
+                    part[m + at] = d1
                 if timing is not None:
-                    timing.op(rule.name, sel.size, perf_counter() - start)
+                    timing.op(rule.name, at.size, perf_counter() - start)
         return part
 
     def run(self, values: np.ndarray, timing=None, anomaly: bool = False) -> np.ndarray:
@@ -471,6 +546,8 @@ class Backward:
         part = self.partials(values, timing)
         if timing is not None:
             timing.lap("partials")
+        order, t0, t1 = self.order, self.t0, self.t1
+        m = order.size
         adj = np.zeros(values.shape)
         adj[self.output] = 1.0
         reach = None
@@ -488,11 +565,19 @@ class Backward:
                     _scatter(adj, reach, ch.side_tgt, part[ch.side_part], ch.side_cons)
                 group = self.groups.get(k)
                 if group is not None:
-                    _scatter(adj, reach, group.t0, part[group.p0], group.cons)
-                    _scatter(adj, reach, group.t1, part[group.p1], group.cons)
+                    a, b = group
+                    cons = order[a:b]
+                    g = adj[cons]
+                    if reach is not None:
+                        live = reach[cons]
+                        g[~live] = 0.0
+                        reach[t0[a:b][live]] = True
+                        reach[t1[a:b][live]] = True
+                    np.add.at(adj, t0[a:b], part[a:b] * g)
+                    np.add.at(adj, t1[a:b], part[m + a: m + b] * g)
                 if timing is not None:
                     size = sum(ch.rows.size for ch in self.chains.get(k, ()))
-                    size += group.cons.size if group is not None else 0
+                    size += group[1] - group[0] if group is not None else 0
                     timing.groups.append((k, size, perf_counter() - start))
         if timing is not None:
             timing.lap("levels")
@@ -504,12 +589,12 @@ class Backward:
                  reach: np.ndarray | None) -> tuple[int, int, float, float] | None:
         """(local row, slot, partial, adjoint) of the first row, in sweep order (highest
         level first, then the latest row), whose finite adjoint times the local partial
-        with respect to a used operand slot is nan or inf; None if there is none."""
-        plan, rows, n = self.plan, self.rows, self.rows.size
+        with respect to an operand row is nan or inf; None if there is none."""
+        plan, rows, m = self.plan, self.order, self.order.size
         g = adj[rows]
-        p0, p1 = part[:n], part[n:]
-        used0 = plan.x[rows] < plan.rows.size      # an operand row (not a constant, the sink)
-        used1 = plan.y[rows] < plan.rows.size
+        p0, p1 = part[:m], part[m:]
+        used0 = self.t0 < plan.rows.size      # an operand row (not a constant, the sink)
+        used1 = self.t1 < plan.rows.size
         with np.errstate(all="ignore"):
             bad0 = np.isfinite(g) & ~np.isfinite(p0 * g)
             bad1 = np.isfinite(g) & ~np.isfinite(p1 * g)

@@ -174,9 +174,9 @@ def binary(op: Op, mirrored: bool = False) -> Callable[[Any, Any], Any]:
             bb = b._b
             la = a._l
             lb = b._l
-            r = t._n
-            if bb.rows is t and r < t._limit and (la or lb or t._cur_tid == get_ident()):
-                vals = t._v
+            r = t.count
+            if bb.rows is t and r < t.limit and (la or lb or t.cur_tid == get_ident()):
+                vals = t.vals
                 i = ba.base + a._o
                 j = bb.base + b._o
                 x = vals[i]
@@ -186,19 +186,19 @@ def binary(op: Op, mirrored: bool = False) -> Callable[[Any, Any], Any]:
                 except (ArithmeticError, ValueError):
                     out = evaluate(x, y)
                 vals[r] = out
-                t._n = r + 1
+                t.count = r + 1
                 level = (la if la > lb else lb) + 1
-                t._s += (code, i, j, 0.0, level)
+                t.stage += (code, i, j, 0.0, level)
                 v = new(_facade)
-                v._b = t._cur
-                v._o = r - t._cb
+                v._b = t.cur
+                v._o = r - t.cur_base
                 v._l = level
                 return v
         elif type(b) is float or (type(b) is int and -_EXACT <= b <= _EXACT):
             la = a._l
-            r = t._n
-            if r < t._limit and (la or t._cur_tid == get_ident()):
-                vals = t._v
+            r = t.count
+            if r < t.limit and (la or t.cur_tid == get_ident()):
+                vals = t.vals
                 i = ba.base + a._o
                 x = vals[i]
                 y = float(b)
@@ -207,12 +207,12 @@ def binary(op: Op, mirrored: bool = False) -> Callable[[Any, Any], Any]:
                 except (ArithmeticError, ValueError):
                     out = evaluate(x, y)
                 vals[r] = out
-                t._n = r + 1
+                t.count = r + 1
                 level = la + 1
-                t._s += (code, i, -1, y, level)
+                t.stage += (code, i, -1, y, level)
                 v = new(_facade)
-                v._b = t._cur
-                v._o = r - t._cb
+                v._b = t.cur
+                v._o = r - t.cur_base
                 v._l = level
                 return v
         return record_general(op, a, b, False, mirrored)
@@ -236,9 +236,9 @@ def reflected(op: Op) -> Callable[[Any, Any], Any]:
         t = ba.rows
         if type(b) is float or (type(b) is int and -_EXACT <= b <= _EXACT):
             la = a._l
-            r = t._n
-            if r < t._limit and (la or t._cur_tid == get_ident()):
-                vals = t._v
+            r = t.count
+            if r < t.limit and (la or t.cur_tid == get_ident()):
+                vals = t.vals
                 j = ba.base + a._o
                 x = float(b)
                 y = vals[j]
@@ -247,12 +247,12 @@ def reflected(op: Op) -> Callable[[Any, Any], Any]:
                 except (ArithmeticError, ValueError):
                     out = evaluate(x, y)
                 vals[r] = out
-                t._n = r + 1
+                t.count = r + 1
                 level = la + 1
-                t._s += (code, -1, j, x, level)
+                t.stage += (code, -1, j, x, level)
                 v = new(_facade)
-                v._b = t._cur
-                v._o = r - t._cb
+                v._b = t.cur
+                v._o = r - t.cur_base
                 v._l = level
                 return v
         return record_general(op, a, b, True)
@@ -274,9 +274,9 @@ def unary(op: Op) -> Callable[[Any], Any]:
         ba = a._b
         t = ba.rows
         la = a._l
-        r = t._n
-        if r < t._limit and (la or t._cur_tid == get_ident()):
-            vals = t._v
+        r = t.count
+        if r < t.limit and (la or t.cur_tid == get_ident()):
+            vals = t.vals
             i = ba.base + a._o
             x = vals[i]
             try:
@@ -284,12 +284,12 @@ def unary(op: Op) -> Callable[[Any], Any]:
             except (ArithmeticError, ValueError):
                 out = evaluate(x, 0.0)
             vals[r] = out
-            t._n = r + 1
+            t.count = r + 1
             level = la + 1
-            t._s += (code, i, -1, 0.0, level)
+            t.stage += (code, i, -1, 0.0, level)
             v = new(_facade)
-            v._b = t._cur
-            v._o = r - t._cb
+            v._b = t.cur
+            v._o = r - t.cur_base
             v._l = level
             return v
         return record_general(op, a)

@@ -98,11 +98,12 @@ class Rows:
     """
 
     __slots__ = (
-        "name", "owner", "_n", "_limit", "_room", "_v", "_s", "_flushed", "_cap",
+        "name", "owner", "count", "limit", "_room", "vals", "stage", "_flushed", "_cap",
         "_op", "_a0", "_a1", "_c", "_val", "_lv", "_low", "_g",
         "_labels", "_links", "_link_rows", "_reclaim", "_reclaim_min", "_reclaim_at",
         "_epoch", "_scope_names", "_scope_index", "_mark_rows", "_mark_ids", "_dropped",
-        "_plans", "_replayed", "_blocks", "_bases", "_cur", "_cb", "_cur_tid", "_threads",
+        "_plans", "_replayed", "_blocks", "_bases", "cur", "cur_base", "cur_tid", "_threads",
+        "_views",
         "__weakref__",
     )
 
@@ -110,13 +111,14 @@ class Rows:
                  owner: Any) -> None:
         self.name = name
         self.owner = owner          # weak reference to the public Tape
-        self._n = 0                 # rows recorded (flushed + staged)
+        self.count = 0                 # rows recorded (flushed + staged)
         self._flushed = 0           # rows already in the NumPy columns
-        self._s: list = []          # staged fields of rows _flushed.._n
+        self.stage: list = []       # staged fields of rows _flushed..count
         self._cap = _FIRST_CAPACITY
         for col, dtype in _COLUMNS.items():
             setattr(self, col, np.zeros(self._cap, dtype))
-        self._v = memoryview(self._val)     # element access with Python floats
+        self.vals = memoryview(self._val)     # element access with Python floats
+        self._views: tuple | None = None        # memoryviews of the other columns
         self._labels: dict[int, str] = {}
         self._links: dict[Any, int] = {}    # leaf Value of another tape -> its row here
         self._link_rows: dict[int, Any] = {}  # ... and back
@@ -131,22 +133,22 @@ class Rows:
         self._dropped = 0                       # rows freed by compaction so far
         self._plans: dict[Any, Any] = {}        # compiled plans, by (kind, epoch, ...)
         self._replayed = 0                      # rows covered by the last forward()
-        self._cur = Block(self, 0)              # the block rows are appended to
-        self._cb = 0                            # ... and its base
-        self._blocks: list[Block] = [self._cur]
+        self.cur = Block(self, 0)              # the block rows are appended to
+        self.cur_base = 0                            # ... and its base
+        self._blocks: list[Block] = [self.cur]
         self._bases: list[int] = [0]
         self._threads: dict[int, int] = {}      # thread ident -> times current there
-        self._cur_tid = 0                       # the one thread it is current in, else 0/-1
+        self.cur_tid = 0                       # the one thread it is current in, else 0/-1
         self.set_limit()
         _context.all_rows.add(self)
 
     def __del__(self) -> None:
         if type(self) is Rows:          # rows staged on a dropped tape still count
-            _context.count_flushed(self._n - self._flushed)
+            _context.count_flushed(self.count - self._flushed)
 
     def retire(self) -> None:
         """Free the buffers; later use of this tape's old Values raises ResetTapeError."""
-        _context.count_flushed(self._n - self._flushed)
+        _context.count_flushed(self.count - self._flushed)
         _context.all_rows.discard(self)
         for slot in Rows.__slots__:
             if slot not in ("name", "owner", "__weakref__"):
@@ -158,12 +160,12 @@ class Rows:
 
     def staged(self) -> int:
         """Rows recorded but not yet flushed into the NumPy columns."""
-        return self._n - self._flushed
+        return self.count - self._flushed
 
     @property
     def size(self) -> int:
         """Rows on the tape now."""
-        return self._n
+        return self.count
 
     @property
     def epoch(self) -> int:
@@ -173,7 +175,16 @@ class Rows:
     @property
     def recorded(self) -> int:
         """Rows recorded over the tape's life (compaction does not lower it)."""
-        return self._n + self._dropped
+        return self.count + self._dropped
+
+    @property
+    def reclaims(self) -> bool:
+        """Whether the tape compacts itself when it grows (the default tapes do)."""
+        return self._reclaim
+
+    @property
+    def reclaim_min_rows(self) -> int:
+        return self._reclaim_min
 
     @property
     def replayed(self) -> int:
@@ -202,7 +213,7 @@ class Rows:
         # the inlined recorders test ``_cur_tid == get_ident()`` before recording an op
         # on leaves only; 0 (nowhere) and -1 (several threads) send them the slow way
         keys = list(self._threads)
-        self._cur_tid = keys[0] if len(keys) == 1 else (-1 if keys else 0)
+        self.cur_tid = keys[0] if len(keys) == 1 else (-1 if keys else 0)
 
     def threads_from(self, old: Rows) -> None:
         """Take over where ``old`` (the rows this tape had before a reset) was current."""
@@ -215,35 +226,35 @@ class Rows:
         """``_room``: rows that fit before the next flush/grow/reclaim/new block.
         ``_limit``: the gate of the inlined recorders, ``_room`` normally and 0 under
         ``detect_anomaly`` (every op then takes the checked path)."""
-        room = min(self._flushed + _STAGE_ROWS, self._cap, self._cb + BLOCK_ROWS)
+        room = min(self._flushed + _STAGE_ROWS, self._cap, self.cur_base + BLOCK_ROWS)
         if self._reclaim:
-            room = min(room, max(self._reclaim_at, self._n + 1))
+            room = min(room, max(self._reclaim_at, self.count + 1))
         self._room = room
-        self._limit = 0 if _context.anomaly.depth else room
+        self.limit = 0 if _context.anomaly.depth else room
 
     def make_room(self, rows: int = 1) -> None:
         """Flush, reclaim, grow or start a block so that ``rows`` more rows fit."""
-        if self._n + rows <= self._room:
+        if self.count + rows <= self._room:
             return
-        if self._n + rows > self._flushed + _STAGE_ROWS:
+        if self.count + rows > self._flushed + _STAGE_ROWS:
             self.flush()
-        if self._reclaim and self._n + rows > self._reclaim_at:
+        if self._reclaim and self.count + rows > self._reclaim_at:
             self.compact()
-        if self._n + rows > self._cap:
-            self._grow(self._n + rows)
-        if self._n + rows > self._cb + BLOCK_ROWS and self._n > self._cb:
+        if self.count + rows > self._cap:
+            self._grow(self.count + rows)
+        if self.count + rows > self.cur_base + BLOCK_ROWS and self.count > self.cur_base:
             self._new_block()
         self.set_limit()
-        if self._room < self._n + rows:    # a request larger than a block
-            self._room = self._n + rows
+        if self._room < self.count + rows:    # a request larger than a block
+            self._room = self.count + rows
             if not _context.anomaly.depth:
-                self._limit = self._room
+                self.limit = self._room
 
     def _new_block(self) -> None:
-        self._cur = Block(self, self._n)
-        self._cb = self._n
-        self._blocks.append(self._cur)
-        self._bases.append(self._n)
+        self.cur = Block(self, self.count)
+        self.cur_base = self.count
+        self._blocks.append(self.cur)
+        self._bases.append(self.count)
 
     def _grow(self, need: int) -> None:
         cap = self._cap
@@ -253,17 +264,18 @@ class Rows:
         for col in _COLUMNS:
             old = getattr(self, col)
             new = np.zeros(cap, old.dtype)
-            new[: self._n] = old[: self._n]
+            new[: self.count] = old[: self.count]
             setattr(self, col, new)
-        self._v = memoryview(self._val)
+        self.vals = memoryview(self._val)
+        self._views = None
         self._cap = cap
 
     def flush(self) -> None:
         """Move staged rows into the NumPy columns."""
-        s = self._s
+        s = self.stage
         if not s:
             return
-        a, b = self._flushed, self._n
+        a, b = self._flushed, self.count
         for k, (col, code) in enumerate((("_op", "b"), ("_a0", "i"), ("_a1", "i"),
                                          ("_c", "d"), ("_lv", "i"))):
             block = array.array(code)
@@ -287,17 +299,17 @@ class Rows:
 
     def append(self, code: int, i: int, j: int, c: float, value: float, level: int) -> int:
         """Append one row; its row number."""
-        if self._n >= self._room:
+        if self.count >= self._room:
             self.make_room()
-        r = self._n
-        self._v[r] = value
-        self._n = r + 1
-        self._s += (code, i, j, c, level)
+        r = self.count
+        self.vals[r] = value
+        self.count = r + 1
+        self.stage += (code, i, j, c, level)
         return r
 
     def current_block(self) -> tuple[Block, int]:
         """The block new rows go to and its base (valid until the next append)."""
-        return self._cur, self._cb
+        return self.cur, self.cur_base
 
     def block_of(self, row: int) -> Block:
         """The block holding ``row``."""
@@ -313,7 +325,7 @@ class Rows:
             self._links[leaf] = row
             self._link_rows[row] = leaf
         else:
-            self._v[row] = value    # mirror the leaf's current data, as micrograd reads it
+            self.vals[row] = value    # mirror the leaf's current data, as micrograd reads it
         return row
 
     def linked_row(self, leaf: Any) -> int | None:
@@ -329,17 +341,17 @@ class Rows:
 
     def refresh_links(self) -> None:
         """Copy the current data of linked leaves into their mirror rows here."""
-        v = self._v
+        v = self.vals
         for row, leaf in self._link_rows.items():
             v[row] = leaf.data
 
     # -- element access ---------------------------------------------------------------
 
     def value(self, i: int) -> float:
-        return self._v[i]
+        return self.vals[i]
 
     def set_value(self, i: int, x: float) -> None:
-        self._v[i] = x
+        self.vals[i] = x
 
     def grad(self, i: int) -> float:
         return float(self._g[i])
@@ -353,13 +365,6 @@ class Rows:
 
     def set_grads(self, rows: np.ndarray, g: np.ndarray) -> None:
         self._g[rows] = g
-
-    def grad_view(self) -> memoryview:
-        """The grad column as a writable memoryview (Python floats in and out)."""
-        return memoryview(self._g)
-
-    def value_view(self) -> memoryview:
-        return self._v
 
     def level(self, i: int) -> int:
         self.flush()
@@ -389,7 +394,7 @@ class Rows:
         label = self._labels.get(row)
         if label:
             text += f" {label!r}"
-        if row < self._n:
+        if row < self.count:
             scope_name = self.scope_of(row)
             if scope_name:
                 text += f" [{scope_name}]"
@@ -403,15 +408,15 @@ class Rows:
         if sid is None:
             sid = self._scope_index[path] = len(self._scope_names)
             self._scope_names.append(path)
-        if self._mark_rows[-1] == self._n:
+        if self._mark_rows[-1] == self.count:
             self._mark_ids[-1] = sid
         else:
-            self._mark_rows.append(self._n)
+            self._mark_rows.append(self.count)
             self._mark_ids.append(sid)
 
     def scope_ids(self) -> np.ndarray:
         """Scope id of every row (index into :meth:`scope_names`)."""
-        starts = np.array(self._mark_rows + [self._n], np.int64)
+        starts = np.array(self._mark_rows + [self.count], np.int64)
         return np.repeat(np.array(self._mark_ids, np.int32), np.diff(starts))
 
     def scope_names(self) -> tuple[str, ...]:
@@ -430,7 +435,7 @@ class Rows:
     def columns(self) -> Columns:
         """Read-only NumPy views of all recorded rows."""
         self.flush()
-        n = self._n
+        n = self.count
         cols = Columns(
             op=self._op[:n], a0=self._a0[:n], a1=self._a1[:n], const=self._c[:n],
             value=self._val[:n], level=self._lv[:n], low=self._low[:n], grad=self._g[:n],
@@ -439,39 +444,19 @@ class Rows:
             arr.flags.writeable = False
         return cols
 
-    def small_graph(self, root: int, limit: int) -> list[tuple] | None:
-        """The non-leaf ancestors of ``root`` as ``(row, opcode, arg0, arg1, const)``,
-        rows descending, or ``None`` when there are more than ``limit`` of them.
-
-        A depth-first walk in Python that reads staged rows where they are: no flush,
-        no NumPy call, a few microseconds for a small graph."""
-        s = self._s
-        f = self._flushed
-        opv, a0v, a1v, cv = (memoryview(self._op), memoryview(self._a0),
-                             memoryview(self._a1), memoryview(self._c))
-        stack = [root]
-        seen = {root}
-        out = []
-        while stack:
-            r = stack.pop()
-            if r >= f:
-                k = (r - f) * _STAGE_WIDTH
-                code, i, j, c = s[k], s[k + 1], s[k + 2], s[k + 3]
-            else:
-                code, i, j, c = opv[r], a0v[r], a1v[r], cv[r]
-            if code == 0:
-                continue
-            out.append((r, code, i, j, c))
-            if len(out) > limit:
-                return None
-            if i >= 0 and i not in seen:
-                seen.add(i)
-                stack.append(i)
-            if j >= 0 and j not in seen:
-                seen.add(j)
-                stack.append(j)
-        out.sort(reverse=True)
-        return out
+    def row_views(self) -> tuple:
+        """What a row-at-a-time pass reads and writes, without flushing: ``(stage,
+        flushed, op, a0, a1, const, value, grad)``. Rows before ``flushed`` are in the
+        memoryviews, later rows in ``stage`` (five fields each from ``(r - flushed) * 5``:
+        opcode, arg0, arg1, const, level); values and grads are always in the views.
+        Valid until the next row is recorded."""
+        views = self._views
+        if views is None:
+            views = self._views = (memoryview(self._op), memoryview(self._a0),
+                                   memoryview(self._a1), memoryview(self._c),
+                                   memoryview(self._g))
+        opv, a0v, a1v, cv, gv = views
+        return self.stage, self._flushed, opv, a0v, a1v, cv, self.vals, gv
 
     def values_of(self, rows: np.ndarray) -> np.ndarray:
         return self._val[rows]
@@ -497,14 +482,14 @@ class Rows:
         self._plans = plans
 
     def mark_replayed(self) -> None:
-        self._replayed = self._n
+        self._replayed = self.count
 
     # -- liveness: keep what live Values need, drop the rest ------------------------------
 
     def live_blocks(self) -> list[int]:
         """Indices of blocks something outside this table refers to, and the current one."""
         counts = _refcounts(self._blocks)
-        cur = self._blocks.index(self._cur)
+        cur = self._blocks.index(self.cur)
         return [k for k, c in enumerate(counts) if c > _TABLE_REFS or k == cur]
 
     def compact(self) -> int:
@@ -516,10 +501,10 @@ class Rows:
         kept and that precedes a kept non-leaf row (a replay of that row checks it).
         """
         self.flush()
-        n = self._n
+        n = self.count
         if n == 0:
             return 0
-        if self._n > self._cb:          # new rows go to a fresh block: the one they went
+        if self.count > self.cur_base:          # new rows go to a fresh block: the one they went
             self._new_block()           # to is live only if a Value holds it
         bases = self._bases
         live_k = self.live_blocks()
@@ -543,7 +528,7 @@ class Rows:
                 a = np.where(a >= 0, new_index[a], -1)
             arr[:kept] = a
             arr[kept:n] = 0
-        self._n = self._flushed = kept
+        self.count = self._flushed = kept
         self._rebuild_blocks(live_k, keep, kept)
         self._labels = {int(new_index[r]): s for r, s in self._labels.items() if keep[r]}
         self._links = {leaf: int(new_index[r]) for leaf, r in self._links.items() if keep[r]}
@@ -597,7 +582,7 @@ class Rows:
             pos = int(kept_before[ends[k]])
         packed(pos, kept)
         self._blocks, self._bases = blocks, new_bases
-        self._cb = self._cur.base
+        self.cur_base = self.cur.base
 
     def _renumber_scopes(self, keep: np.ndarray, n: int) -> None:
         kept_before = np.concatenate(([0], np.cumsum(keep)))
@@ -636,7 +621,7 @@ class Rows:
         self._val[:n] = data["value"]
         self._g[:n] = data["grad"]
         self._lv[:n] = data["level"]
-        self._n = self._flushed = n
+        self.count = self._flushed = n
         self._set_low(0, n)
         self._labels = data["labels"]
         self._scope_names = data["scopes"] or [""]
@@ -654,14 +639,14 @@ class Rows:
 
     def nbytes(self) -> int:
         """Bytes the recorded rows occupy in the columns (not counting spare capacity)."""
-        return self._n * ROW_BYTES
+        return self.count * ROW_BYTES
 
     def capacity_nbytes(self) -> int:
         return self._cap * ROW_BYTES
 
     def column_nbytes(self) -> dict[str, int]:
         """Bytes per public column for the recorded rows."""
-        n = self._n
+        n = self.count
         size = {c: np.dtype(t).itemsize for c, t in _COLUMNS.items()}
         return {"opcode": n * size["_op"], "args": n * (size["_a0"] + size["_a1"]),
                 "const": n * size["_c"], "value": n * size["_val"], "grad": n * size["_g"],

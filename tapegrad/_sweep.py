@@ -35,8 +35,8 @@ from .ops import OPS
 
 __all__ = ["Timing", "Columns", "backward", "SMALL_ROWS"]
 
-SMALL_ROWS = 160     # graphs of up to this many non-leaf rows are swept row by row in Python
-_PLANS_KEPT = 8      # compiled backwards kept per tape
+SMALL_ROWS = 1000    # graphs of up to this many rows are swept row by row in Python
+_PLANS_KEPT = 2      # backward schedules kept per tape (by root)
 
 
 class Timing:
@@ -65,7 +65,8 @@ class Timing:
 
 def backward(t: Rows, root: int, anomaly: bool = False,
              timing: Timing | None = None) -> int:
-    """Add d(root)/d(row) to the gradients of ``root``'s ancestors on ``t``; rows swept.
+    """Add d(root)/d(row) to the gradients of ``root``'s ancestors on ``t``; the number
+    of non-leaf rows swept.
 
     With ``anomaly``, raises ``FloatingPointError`` at the first row (in sweep order)
     whose finite gradient times a local partial is nan or inf, before any gradient
@@ -74,40 +75,78 @@ def backward(t: Rows, root: int, anomaly: bool = False,
     if t.has_links():
         t.refresh_links()
     if timing is None:
-        graph = t.small_graph(root, SMALL_ROWS)
-        if graph is not None:
-            return _sequential(t, root, graph, anomaly)
+        swept = _small(t, root, SMALL_ROWS, anomaly)
+        if swept >= 0:
+            return swept
     return _vectorized(t, root, anomaly, timing)
 
 
-def _sequential(t: Rows, root: int, graph: list[tuple], anomaly: bool) -> int:
-    """Row-by-row sweep of a small graph (its non-leaf rows, descending) with the ops'
-    scalar partials; leaves collect what is left in ``adj``."""
-    vv = t.value_view()
+def _small(t: Rows, root: int, limit: int, anomaly: bool) -> int:
+    """Backward of a small graph row by row with the ops' scalar partials: a
+    depth-first walk collects the root's ancestors (reading staged rows where they
+    are: no flush, no NumPy call), then they are swept from the highest row down.
+    Returns the non-leaf rows swept, or -1 (nothing written) when the root has more
+    than ``limit`` ancestors."""
+    stage, f, opv, a0v, a1v, cv, vv, gv = t.row_views()
+    spec: dict[int, tuple | None] = {}
+    stack = [root]
+    while stack:
+        r = stack.pop()
+        if r in spec:
+            continue
+        if r >= f:
+            k = (r - f) * 5
+            code, i, j, c = stage[k], stage[k + 1], stage[k + 2], stage[k + 3]
+        else:
+            code, i, j, c = opv[r], a0v[r], a1v[r], cv[r]
+        if code == 0:
+            spec[r] = None                     # a leaf
+            continue
+        spec[r] = (code, i, j, c)
+        if len(spec) > limit:
+            return -1
+        if i >= 0:
+            stack.append(i)
+        if j >= 0:
+            stack.append(j)
     adj = {root: 1.0}
-    pop = adj.pop
     get = adj.get
-    grads = []
-    for r, code, i, j, c in graph:
-        g = pop(r)
-        grads.append((r, g))
-        op = OPS[code]
-        if op.guard:
+    leaves = {}
+    inner = []
+    for r in sorted(spec, reverse=True):
+        g = adj[r]
+        s = spec[r]
+        if s is None:
+            leaves[r] = g
+            continue
+        inner.append((r, g))
+        code, i, j, c = s
+        rule = _SCALAR_PARTIALS[code]
+        if rule is None:                       # a guard: nothing flows through it
             continue
         x = vv[i] if i >= 0 else c
         y = vv[j] if j >= 0 else c
-        d0, d1 = op.local(x, y, vv[r])
+        try:
+            d0, d1 = rule(x, y, vv[r])
+        except (ArithmeticError, ValueError):
+            d0, d1 = OPS[code].local(x, y, vv[r])
         if anomaly:
-            _check_scalar(t, r, op, i, j, d0, d1, g)
+            _check_scalar(t, r, OPS[code], i, j, d0, d1, g)
         if i >= 0:
             adj[i] = get(i, 0.0) + d0 * g
         if j >= 0:
             adj[j] = get(j, 0.0) + d1 * g
-    gv = t.grad_view()
-    for r, g in grads:
+    for r, g in inner:
         gv[r] = g
-    _leaf_shares(t, adj)
-    return len(graph) + len(adj)
+    if t.has_links():
+        _leaf_shares(t, leaves)
+    else:
+        for r, g in leaves.items():
+            gv[r] += g
+    return len(inner)
+
+
+_SCALAR_PARTIALS = tuple(op.scalar_partials for op in OPS)
 
 
 def _check_scalar(t: Rows, r: int, op: Any, i: int, j: int, d0: float, d1: float,
@@ -133,12 +172,8 @@ def raise_anomaly(t: Rows, row: int, slot: int, partial: float, grad: float) -> 
 def _leaf_shares(t: Rows, shares: dict[int, float]) -> None:
     """Accumulate leaf adjoints; a mirrored leaf's share goes on to its home tape (the
     mirror row holds this call's share)."""
-    gv = t.grad_view()
-    if not t.has_links():
-        for r, g in shares.items():
-            gv[r] += g
-        return
     mirrors = dict(t.links())
+    gv = t.row_views()[7]
     for r, g in shares.items():
         leaf = mirrors.get(r)
         if leaf is None:
@@ -148,38 +183,53 @@ def _leaf_shares(t: Rows, shares: dict[int, float]) -> None:
             leaf.grad += g
 
 
-def _rows_for(cols: Columns, root: int) -> tuple[np.ndarray, bool]:
-    """Tape rows the sweep covers (ascending, leaves included) and whether all of them
-    are ancestors of ``root``."""
+def _interval(cols: Columns, root: int) -> tuple[int, np.ndarray, bool]:
+    """``lo`` of the root's closed interval, the leaves before it that the interval
+    reads, and whether every interval row reaches the root."""
     lo = _graph.closure_start(cols.low, root)
-    exact = _graph.ancestors_bfs(cols.a0, cols.a1, root, lo)
-    if exact is not None:
-        return exact, True
     a0, a1 = cols.a0[lo: root + 1], cols.a1[lo: root + 1]
     before = np.concatenate((a0[(a0 >= 0) & (a0 < lo)], a1[(a1 >= 0) & (a1 < lo)]))
-    rows = np.concatenate((np.unique(before).astype(np.int64), np.arange(lo, root + 1)))
+    leaves = np.unique(before).astype(np.int64)
     # an interval row nobody in the interval reads (but the root) does not reach it
-    read = _graph.consumers(a0.astype(np.int64) - lo, a1.astype(np.int64) - lo,
-                            root + 1 - lo)
-    inner = cols.level[lo: root + 1] > 0
+    read = _graph.consumers(a0 - lo, a1 - lo, root + 1 - lo)
     read[-1] = 1
-    return rows, not (inner & (read == 0)).any()
+    exact = not ((cols.level[lo: root + 1] > 0) & (read == 0)).any()
+    return lo, leaves, exact
+
+
+def _schedule(t: Rows, cols: Columns, root: int) -> tuple[Plan, Backward]:
+    """Plan and backward schedule for ``root``: over the ancestors themselves when a
+    few frontier rounds find them (shallow graphs), else over the root's closed
+    interval and the leaves it reads. The schedule is reused when the same root is
+    swept again, and when the last interval swept had the same structure (a training
+    loop records the same graph every step)."""
+    entry = t.plan(("backward", root))
+    if entry is not None:
+        return entry
+    exact = None
+    if cols.level[root] <= _graph.BFS_ROUNDS:     # deeper graphs cannot finish in time
+        exact = _graph.ancestors_bfs(cols.a0, cols.a1, root)
+    if exact is not None:
+        plan = Plan.build(cols, exact, np.empty(0, np.int64), schedule=False)
+        entry = (plan, Backward(plan, plan.rows.size - 1, True))
+    else:
+        lo, leaves, exact = _interval(cols, root)
+        plan = Plan.for_backward(cols, leaves, lo, root + 1)
+        last = t.plan(("structure",))
+        if last is not None and last[0].same_structure(plan):
+            entry = (plan, last[1])
+        else:
+            entry = (plan, Backward(plan, plan.rows.size - 1, exact))   # root: last row
+            t.remember(("structure",), entry, kept=1)
+    t.remember(("backward", root), entry, _PLANS_KEPT)
+    return entry
 
 
 def _vectorized(t: Rows, root: int, anomaly: bool, timing: Timing | None) -> int:
     cols = t.columns()
-    key = ("backward", root)
-    entry = t.plan(key) if root < t.replayed else None
-    if entry is None:
-        rows, exact = _rows_for(cols, root)
-        if timing is not None:
-            timing.lap("interval")
-        plan = Plan.build(cols, rows, np.empty(0, np.int64), schedule=False)
-        back = Backward(plan, int(plan.local(np.array([root]))[0]), exact)
-        entry = (plan, back)
-        if root < t.replayed:
-            t.remember(key, entry, _PLANS_KEPT)
-    plan, back = entry
+    plan, back = _schedule(t, cols, root)
+    if timing is not None:
+        timing.lap("interval")
     values = plan.new_values()
     values[: plan.rows.size] = cols.value[plan.rows]
     adj = back.run(values, timing, anomaly)
@@ -200,4 +250,4 @@ def _vectorized(t: Rows, root: int, anomaly: bool, timing: Timing | None) -> int
         t.add_grads(leaf_rows, shares)
     if timing is not None:
         timing.lap("leaves")
-    return int(plan.rows.size)
+    return int(inner.size)

@@ -75,8 +75,9 @@ class Tape:
         tape = rows.owner()
         if tape is None:
             tape = cls.__new__(cls)
-            tape.name, tape._rows = rows.name, rows
-            tape.reclaim, tape.reclaim_min_rows = False, _RECLAIM_MIN_ROWS
+            tape.name = rows.name
+            tape.reclaim, tape.reclaim_min_rows = rows.reclaims, rows.reclaim_min_rows
+            object.__setattr__(tape, "_rows", rows)      # a handle on existing rows
             rows.owner = weakref.ref(tape)
         return tape
 
@@ -222,7 +223,7 @@ class Tape:
         """
         data = _tapefile.read(path)
         tape = cls(name if name is not None else str(data["name"]))
-        tape._rows.load_columns(data)
+        tape.rows_object().load_columns(data)
         return tape
 
     def compact(self) -> int:

@@ -49,7 +49,7 @@ def run(*args: str, cwd: Path | None = None, **kw) -> subprocess.CompletedProces
 def clean_state():
     cwd, main_module = os.getcwd(), sys.modules["__main__"]
     yield
-    assert tape_module.probes() == () and tape_module.entered_tapes() == []
+    assert tape_module.probes() == () and tape_module.entered_tapes() == ()
     assert os.getcwd() == cwd and sys.modules["__main__"] is main_module
 
 

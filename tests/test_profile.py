@@ -25,7 +25,7 @@ from tapegrad._sweep import Timing
 from tapegrad.ops import OPS
 from tapegrad.profiler import OUTSIDE, profile
 
-PHASES = ("interval", "chains", "schedule", "partials", "levels", "leaves")
+PHASES = ("interval", "schedule", "partials", "levels", "leaves")
 
 
 @pytest.fixture(autouse=True)
@@ -363,7 +363,7 @@ def test_cli_runs_a_script_and_writes_json(tmp_path, capsys):
     assert "101 rows (1 leaf), 101 levels" in stdout
     assert OUTSIDE in stdout and "backward" in stdout and "top ops" in stdout
     assert sys.argv == argv_before and sys.path == path_before
-    assert current_tape().name != "profile" and tape_module.entered_tapes() == []
+    assert current_tape().name != "profile" and tape_module.entered_tapes() == ()
     data = json.loads(out.read_text())
     assert {"nodes", "ops", "depth", "max_width", "nbytes", "outside_seconds",
             "backward_seconds", "rows_recorded", "backward_calls", "status"} <= set(data)
@@ -513,7 +513,7 @@ def test_cli_cleans_up_tapes_the_script_left_entered(tmp_path, capsys):
     script = write(tmp_path, "leaky.py", "import tapegrad\ntapegrad.Tape('leak').__enter__()\n")
     assert main(["profile", str(script)]) == 0
     assert "left tapes entered ('leak')" in capsys.readouterr().err
-    assert tape_module.entered_tapes() == []
+    assert tape_module.entered_tapes() == ()
 
 
 def test_progress_prints_only_after_the_first_delay():
