@@ -568,13 +568,15 @@ class Backward:
                     a, b = group
                     cons = order[a:b]
                     g = adj[cons]
-                    if reach is not None:
-                        live = reach[cons]
-                        g[~live] = 0.0
-                        reach[t0[a:b][live]] = True
-                        reach[t1[a:b][live]] = True
-                    np.add.at(adj, t0[a:b], part[a:b] * g)
-                    np.add.at(adj, t1[a:b], part[m + a: m + b] * g)
+                    w0, w1 = part[a:b] * g, part[m + a: m + b] * g
+                    if reach is not None:      # no 0 * inf = nan from rows off the root
+                        dead = ~reach[cons]
+                        w0[dead] = 0.0
+                        w1[dead] = 0.0
+                        reach[t0[a:b][~dead]] = True
+                        reach[t1[a:b][~dead]] = True
+                    np.add.at(adj, t0[a:b], w0)
+                    np.add.at(adj, t1[a:b], w1)
                 if timing is not None:
                     size = sum(ch.rows.size for ch in self.chains.get(k, ()))
                     size += group[1] - group[0] if group is not None else 0

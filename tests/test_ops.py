@@ -196,3 +196,30 @@ def test_edge_case_gradients_follow_ieee():
     k = Value(2.0)
     (base ** k).backward()            # d/dk 0**k at k > 0 is 0, not nan (as in PyTorch)
     assert k.grad == 0.0 and base.grad == 0.0
+
+
+def test_div_partials_do_not_overflow():
+    """d(x/y)/dy = -(x/y)/y: finite where the derivative is (issue 11, item 1)."""
+    cases = [(1e300, 1e200, -1e-100), (1e-300, 1e-170, -1e40), (0.0, 1e-200, 0.0)]
+    for x, y, want in cases:
+        with Tape():
+            a, b = Value(x), Value(y)
+            (a / b).backward()
+        assert b.grad == pytest.approx(want, rel=1e-12, abs=0.0)
+        assert a.grad == pytest.approx(1.0 / y, rel=1e-12)
+
+
+def test_pow_zero_exponent_has_zero_gradient_at_zero():
+    """d(x**0)/dx at x = 0 is 0, not 0 * 0**-1 = nan (issue 11, item 2)."""
+    with Tape():
+        x = Value(0.0)
+        (x ** 0).backward()
+        assert x.grad == 0.0
+        x.grad = 0.0
+        k = Value(0.0)
+        (x ** k).backward()
+        assert x.grad == 0.0 and k.grad == 0.0
+        x.grad = 0.0
+        poly = sum(c * x ** n for n, c in enumerate([1.0, 2.0, 3.0, 4.0]))
+        poly.backward()
+        assert x.grad == 2.0                   # d/dx (1 + 2x + 3x^2 + 4x^3) at 0

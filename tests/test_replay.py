@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from tapegrad import Function, GuardError, Tape, Value
+from tapegrad import Function, GuardError, Tape, Value, detect_anomaly
 from tapegrad.nn import MLP
 
 STEP = {   # (a, b, c, picked): two nodes, a constant, a few more nodes
@@ -319,3 +319,67 @@ def test_long_recurrences_replay_row_by_row_exactly():
     f = Function(inputs=[w, b], outputs=out)
     batch = f([[0.7, 0.1], [0.9, 0.1]])
     assert batch[0, 0] == pytest.approx(ref.data, rel=1e-14)
+
+
+def test_function_ignores_guards_its_inputs_cannot_flip():
+    """An old comparison elsewhere on the tape does not break a Function (issue 11, 5)."""
+    with Tape():
+        p = Value(2.0)
+        best = 1.0
+        if p > best:                            # depends on no input of f
+            best = p.data
+        x = Value(1.0)
+        y = x * 3
+    f = Function([x], [y])
+    p.data = -5.0                               # the old branch would now go the other way
+    assert f([1.0]).tolist() == [3.0]
+    assert f([[2.0], [-4.0]]).tolist() == [[6.0], [-12.0]]
+
+
+def test_a_guard_on_an_input_is_still_checked():
+    with Tape():
+        x = Value(1.0)
+        y = x * 2 if x > 0 else x * 3
+    f = Function([x], [y])
+    assert f([4.0]).tolist() == [8.0]
+    with pytest.raises(GuardError, match=r"recorded True, now False for sample 1"):
+        f([[1.0], [-1.0]])
+
+
+def test_value_and_grad_ignores_rows_that_only_feed_a_guard():
+    """A nan partial of a row that only feeds a comparison does not reach the gradient
+    (issue 11, item 3): eager backward gives 0, and so does the Function."""
+    with Tape():
+        x, w = Value(-1.0), Value(2.0)
+        _ = x.sqrt() < 1.0
+        y = w * 3
+        y.backward()
+        assert (x.grad, w.grad) == (0.0, 3.0)
+    f = Function([x, w], [y])
+    value, grad = f.value_and_grad([-1.0, 2.0])
+    assert value == 6.0 and grad.tolist() == [0.0, 3.0]
+
+
+def test_value_and_grad_raises_under_detect_anomaly():
+    """Like backward(), value_and_grad raises on an inf gradient (issue 11, item 4)."""
+    with Tape():
+        x = Value(1.0)
+        y = x.sqrt()
+    f = Function([x], [y])
+    assert f.value_and_grad([0.0])[1].tolist() == [math.inf]
+    with detect_anomaly(), pytest.raises(
+            FloatingPointError, match=r"detect_anomaly: backward through sqrt at row 1 "
+                                      r"of tape .*: its gradient 1\.0 times its local partial "
+                                      r"inf with respect to operand 0"):
+        f.value_and_grad([0.0])
+
+
+def test_forward_of_an_empty_tape_does_nothing():
+    """Tape().forward() on a new or reset tape returns quietly (issue 11, item 6)."""
+    t = Tape()
+    t.forward()
+    with t:
+        Value(1.0) * 2
+    t.reset()
+    t.forward()
+    assert len(t) == 0
