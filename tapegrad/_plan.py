@@ -246,8 +246,10 @@ class Plan:
         sink = n + at.size
         const_row = np.full(n, sink, np.int64)
         const_row[at] = n + np.arange(at.size)
-        x = np.where(x >= 0, x, np.where(binary, const_row, sink))
-        y = np.where(y >= 0, y, np.where(binary, const_row, sink))
+        index = np.int32 if sink < 2**31 else np.int64    # half the pages to touch
+        fill = np.where(binary, const_row, sink).astype(index)
+        x = np.where(x >= 0, x.astype(index), fill)
+        y = np.where(y >= 0, y.astype(index), fill)
         evaluated = np.flatnonzero(level > 0)
         plan_leaves = np.flatnonzero(level == 0)
         return cls(rows, const_values, x, y, op, level, evaluated, plan_leaves)
@@ -469,8 +471,9 @@ class Backward:
         fan = _graph.consumers(plan.x[rows], plan.y[rows], size)
         has_partials = np.zeros(size, bool)
         has_partials[rows] = True
-        pred = np.full(size, -1, np.int64)
-        pred_slot = np.zeros(size, np.int64)
+        index = np.int32 if 2 * size < 2**31 else np.int64
+        pred = np.full(size, -1, index)
+        pred_slot = np.zeros(size, index)
         for slot, operand in ((0, plan.x), (1, plan.y)):
             p = operand[rows]
             ok = (pred[rows] < 0) & has_partials[p] & (fan[p] == 1) & (p != sink)
@@ -490,8 +493,8 @@ class Backward:
         order = np.concatenate([rest] + [b.ravel() for b in blocks])
         self.order = order
         m = order.size
-        pos = np.full(size, -1, np.int64)
-        pos[order] = np.arange(m)
+        pos = np.full(size, -1, index)
+        pos[order] = np.arange(m, dtype=index)
         self.t0 = plan.x[order]
         self.t1 = plan.y[order]
         op = plan.op[order]
