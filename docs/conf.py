@@ -31,8 +31,8 @@ root_doc = "index"
 exclude_patterns = ["_build", "**/.ipynb_checkpoints", "*.md", "img"]
 templates_path: list[str] = []
 
-# the docstrings use Google-style sections (Args:, Returns:); NumPy style works too
-napoleon_google_docstring = True
+# the docstrings use NumPy-style sections (Parameters, Returns, Raises, Examples)
+napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 napoleon_use_rtype = False
 napoleon_preprocess_types = True

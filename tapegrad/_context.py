@@ -48,7 +48,14 @@ state = _ThreadState()
 
 
 def current_tape() -> Any:
-    """The tape ops record on in this thread: the innermost ``with Tape()`` or the default."""
+    """The tape ops record on in this thread.
+
+    Returns
+    -------
+    Tape
+        The innermost ``with Tape()`` block's tape, else this thread's default tape
+        (made on first use).
+    """
     stack = state.stack
     return stack[-1] if stack else state.default
 
@@ -60,8 +67,13 @@ def current_rows() -> Any:
 
 
 def entered_tapes() -> tuple[Any, ...]:
-    """This thread's entered tapes (``with Tape()``), outermost first (a copy: leave a
-    tape with its ``__exit__``)."""
+    """This thread's entered tapes (``with Tape()``), outermost first.
+
+    Returns
+    -------
+    tuple of Tape
+        A copy: leave a tape with its ``__exit__``.
+    """
     return tuple(state.stack)
 
 
@@ -72,6 +84,25 @@ class scope:
     dumps show them after each row. ``tapegrad.nn`` modules open one per layer and
     neuron. Rows recorded on another tape while a scope is open are not marked.
     A scope object may be reused and nested in itself, but not shared between threads.
+
+    Parameters
+    ----------
+    name : str
+        The scope's name (non-empty); nested scopes join names with ``/``.
+
+    Raises
+    ------
+    TypeError
+        If ``name`` is not a non-empty str.
+
+    Examples
+    --------
+    >>> from tapegrad import Tape, Value, scope
+    >>> with Tape() as t:
+    ...     with scope("layer1"), scope("neuron3"):
+    ...         y = Value(1.0) * 2
+    >>> t.scope_of(y.row)
+    'layer1/neuron3'
     """
 
     __slots__ = ("name", "_paths", "_saved")
@@ -110,12 +141,18 @@ anomaly = _AnomalyState()
 
 
 class detect_anomaly:
-    """``with tapegrad.detect_anomaly():`` makes the first op that produces nan or inf
-    raise ``FloatingPointError`` naming the op, its row, label and scope and its
-    operands' values: while recording, in ``Tape.forward()``/``Function`` replays, and
-    in ``backward()`` (the row whose local partial turns a finite gradient into nan or
+    """Raise on the first op that produces nan or inf, inside ``with detect_anomaly():``.
+
+    The ``FloatingPointError`` names the op, its row, label and scope and its operands'
+    values. Checked while recording, in ``Tape.forward()``/``Function`` replays, and in
+    ``backward()`` (the row whose local partial turns a finite gradient into nan or
     inf). Recording takes the checked path for every op meanwhile (slower); it applies
     to all tapes and threads while any block is open.
+
+    Raises
+    ------
+    FloatingPointError
+        Inside the block, at the first op that produces nan or inf.
     """
 
     def __enter__(self) -> detect_anomaly:
@@ -139,15 +176,26 @@ _probes: list[Any] = []
 def add_probe(probe: Any) -> None:
     """Register a profiler probe: it is told of every backward and replay from now on.
 
-    A probe has ``on_backward(tape_name, rows, seconds, timing)`` and optionally
-    ``on_replay(tape_name, rows, seconds, timing)``; ``timing`` is a
-    :class:`tapegrad._sweep.Timing`. Only the innermost (last added) probe is called.
+    Only the innermost (last added) probe is called.
+
+    Parameters
+    ----------
+    probe : object
+        Has ``on_backward(tape_name, rows, seconds, timing)`` and optionally
+        ``on_replay(tape_name, rows, seconds, timing)``; ``timing`` is a
+        :class:`tapegrad._sweep.Timing`.
     """
     _probes.append(probe)
 
 
 def remove_probe(probe: Any) -> None:
-    """Unregister ``probe`` (its latest registration); a probe not registered is ignored."""
+    """Unregister ``probe`` (its latest registration).
+
+    Parameters
+    ----------
+    probe : object
+        A probe given to :func:`add_probe`; one not registered is ignored.
+    """
     for k in range(len(_probes) - 1, -1, -1):
         if _probes[k] is probe:
             del _probes[k]
@@ -155,7 +203,13 @@ def remove_probe(probe: Any) -> None:
 
 
 def probes() -> tuple[Any, ...]:
-    """The registered probes, oldest first."""
+    """The registered probes.
+
+    Returns
+    -------
+    tuple
+        The probes, oldest first.
+    """
     return tuple(_probes)
 
 
@@ -180,8 +234,11 @@ def count_flushed(rows: int) -> None:
 def rows_recorded() -> int:
     """Rows recorded so far in this process, on every tape and thread.
 
-    Monotonic: resetting, compacting or dropping a tape does not lower it; rows read
-    by ``Tape.load`` are not recorded and do not count.
+    Returns
+    -------
+    int
+        Monotonic: resetting, compacting or dropping a tape does not lower it; rows read
+        by ``Tape.load`` are not recorded and do not count.
     """
     staged = sum(rows.staged() for rows in list(all_rows))
     return _flushed_total + staged

@@ -79,9 +79,12 @@ def accumulate(ufunc: np.ufunc, a: np.ndarray) -> np.ndarray:
 
 
 class GuardError(RuntimeError):
-    """A replay would take a different branch than the recording: a recorded comparison
-    comes out differently with the new values, so the tape no longer describes the
-    program. Record again (or keep the branch fixed)."""
+    """A replay would take a different branch than the recording.
+
+    A recorded comparison comes out differently with the new values, so the tape no
+    longer describes the program. Record again (or keep the branch fixed). Raised by
+    :meth:`Tape.forward` and by calls of a :class:`Function`.
+    """
 
 
 def _local_index(rows: np.ndarray):

@@ -22,6 +22,36 @@ class Value:
     ``Value(x)`` records a leaf (an input or a parameter) on the current tape. Ops on
     Values record one row each and return a new Value; numbers on either side become
     the row's immediate constant (``x * 3`` records one row, not two).
+
+    Parameters
+    ----------
+    data : float
+        The value of the leaf: any real number (``int``, ``float``, ``bool``, NumPy
+        scalars), stored as a float64.
+    label : str, optional
+        A name shown in pictures and dumps (default ``""``, none).
+
+    Raises
+    ------
+    TypeError
+        If ``data`` is not a real number (a Value, a complex number, a str...) or
+        ``label`` is not a str.
+    ValueError
+        If ``data`` is an int too large for a float64.
+
+    See Also
+    --------
+    Tape : where the rows are recorded.
+
+    Examples
+    --------
+    >>> from tapegrad import Value
+    >>> a = Value(-4.0)
+    >>> b = Value(2.0)
+    >>> c = a * b + b**3 + (b - a).relu()
+    >>> c.backward()
+    >>> print(c.data, a.grad, b.grad)
+    6.0 1.0 9.0
     """
 
     __slots__ = ("_b", "_o", "_l")
@@ -41,7 +71,11 @@ class Value:
 
     @property
     def data(self) -> float:
-        """The forward value."""
+        """The forward value, a float (settable; a real number, as for ``Value(data)``).
+
+        Setting it on a leaf changes the input of later ops and of a replay
+        (:meth:`Tape.forward`); Values computed before keep their values until then.
+        """
         b = self._b
         return b.rows.value(b.base + self._o)
 
@@ -52,7 +86,11 @@ class Value:
 
     @property
     def grad(self) -> float:
-        """d(root)/d(self) from the last ``backward()``; leaves accumulate across calls."""
+        """d(root)/d(self) from the last ``backward()``, a float (settable).
+
+        Leaves accumulate across ``backward()`` calls; set it to 0 (or call
+        ``zero_grad``) between steps.
+        """
         b = self._b
         return b.rows.grad(b.base + self._o)
 
@@ -63,7 +101,7 @@ class Value:
 
     @property
     def label(self) -> str:
-        """A name shown in pictures and dumps (``""`` when none)."""
+        """A name shown in pictures and dumps, a str (``""`` when none; settable)."""
         b = self._b
         return b.rows.label(b.base + self._o)
 
@@ -76,23 +114,34 @@ class Value:
 
     @property
     def tape(self) -> Tape:
-        """The tape this Value's row is on."""
+        """The :class:`Tape` this Value's row is on."""
         return Tape.of(self._b.rows)
 
     @property
     def row(self) -> int:
-        """This Value's row on its tape (rows renumber when a tape compacts)."""
+        """This Value's row number on its tape, an int.
+
+        Rows renumber when the tape compacts. Raises :class:`ResetTapeError` if the tape
+        was reset since this Value was recorded.
+        """
         b = self._b
         b.rows.check_alive()
         return b.base + self._o
 
     @property
     def level(self) -> int:
-        """Topological level of the row: 0 for leaves, else 1 + the highest operand's."""
+        """Topological level of the row, an int: 0 for leaves, else 1 + the highest
+        operand's."""
         return self._l
 
     def is_leaf(self) -> bool:
-        """Whether this Value was made with ``Value(x)`` (not computed by an op)."""
+        """Whether this Value was made with ``Value(x)`` (not computed by an op).
+
+        Returns
+        -------
+        bool
+            ``True`` for a leaf (level 0).
+        """
         return self._l == 0
 
     # -- arithmetic: each operator records one row (rules in tapegrad.ops) ------------------
@@ -129,7 +178,18 @@ class Value:
     __hash__ = object.__hash__   # identity, as in micrograd (== stays identity too)
 
     def pow(self, k: Value | float) -> Value:
-        """``self ** k`` (micrograd's spelling in some notebooks)."""
+        """``self ** k`` (micrograd's spelling in some notebooks).
+
+        Parameters
+        ----------
+        k : Value or float
+            The exponent.
+
+        Returns
+        -------
+        Value
+            The recorded power.
+        """
         return self ** k
 
     # -- backward ----------------------------------------------------------------------
@@ -140,6 +200,16 @@ class Value:
         Leaf gradients accumulate across calls (call ``zero_grad`` between steps);
         non-leaf rows hold this call's gradient. No recursion: small graphs are swept
         row by row, larger ones by a vectorized schedule over the root's ancestors.
+
+        Raises
+        ------
+        FloatingPointError
+            Under :class:`detect_anomaly`, at the first row whose local partial turns a
+            finite gradient into nan or inf.
+
+        See Also
+        --------
+        Tape.backward_from : the same sweep, given a row number.
         """
         self.tape.backward_from(self.row)
 

@@ -35,7 +35,43 @@ _GUARD_CODES = np.array(sorted(GUARDS), np.int8)
 
 
 class Function:
-    """A recorded computation from ``inputs`` (leaf Values) to ``outputs`` (Values)."""
+    """A recorded computation from ``inputs`` (leaf Values) to ``outputs`` (Values).
+
+    Calling it replays the rows the outputs depend on for new input values, batched
+    over samples; the tape itself is not changed.
+
+    Parameters
+    ----------
+    inputs : list or tuple of Value
+        Leaves used on the outputs' tape (its own, or leaves of other tapes linked into
+        it), each at most once.
+    outputs : Value or list or tuple of Value
+        The results, all on one tape.
+
+    Raises
+    ------
+    TypeError
+        If ``inputs`` or ``outputs`` is not a list or tuple (``outputs`` may be one
+        Value) or holds something other than Values.
+    ValueError
+        If there is no output, the outputs are on several tapes, an input is not a
+        leaf, not used on the outputs' tape, or repeated.
+
+    Examples
+    --------
+    >>> from tapegrad import Function, Tape, Value
+    >>> with Tape():
+    ...     x, y = Value(0.0), Value(0.0)
+    ...     z = x * y + x
+    >>> f = Function(inputs=[x, y], outputs=z)
+    >>> f([2.0, 3.0])
+    array([8.])
+    >>> f([[1.0, 1.0], [2.0, 3.0]])
+    array([[2.],
+           [8.]])
+    >>> f.value_and_grad([2.0, 3.0])
+    (8.0, array([4., 2.]))
+    """
 
     def __init__(self, inputs: Sequence[Value], outputs: Value | Sequence[Value]) -> None:
         single = isinstance(outputs, Value)
@@ -72,10 +108,12 @@ class Function:
 
     @property
     def n_inputs(self) -> int:
+        """The number of inputs."""
         return len(self.inputs)
 
     @property
     def n_outputs(self) -> int:
+        """The number of outputs."""
         return len(self.outputs)
 
     @property
@@ -85,7 +123,8 @@ class Function:
 
     @property
     def rows(self) -> np.ndarray:
-        """Tape rows a call evaluates or reads (ascending; valid until the tape compacts)."""
+        """Tape rows a call evaluates or reads, an ascending int array (valid until the
+        tape compacts)."""
         self._compile()
         return self._plan.rows
 
@@ -165,7 +204,29 @@ class Function:
         self._plan.run(values, self._tape.describe, anomaly=bool(_context.anomaly.depth))
 
     def __call__(self, x: object) -> np.ndarray:
-        """Outputs for one input vector ``(n_in,) -> (n_out,)`` or a batch ``(B, n_in)``."""
+        """Outputs for one input vector or a batch of them.
+
+        Leaves that are not inputs enter at their current ``.data``.
+
+        Parameters
+        ----------
+        x : array_like
+            Real numbers of shape ``(n_in,)`` (one sample) or ``(B, n_in)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(n_out,)`` for one sample, ``(B, n_out)`` for a batch (float64).
+
+        Raises
+        ------
+        ValueError
+            If ``x`` is not real numbers of one of those shapes.
+        GuardError
+            If a recorded comparison comes out differently for some sample.
+        FloatingPointError
+            Under :class:`detect_anomaly`, at the first op that produces nan or inf.
+        """
         self._compile()
         batch, one = self._batch(x)
         if batch.shape[0] == 0:
@@ -181,10 +242,30 @@ class Function:
     def value_and_grad(self, x: object) -> tuple[np.ndarray | float, np.ndarray]:
         """Output and its gradient w.r.t. the inputs, per sample (one output only).
 
-        ``(n_in,)`` gives ``(float, (n_in,))``; ``(B, n_in)`` gives ``((B,), (B, n_in))``.
-        Rows that only feed a checked comparison take no part in the gradient. Under
-        :class:`tapegrad.detect_anomaly`, a nan or inf gradient raises
-        ``FloatingPointError`` as ``backward()`` does.
+        Rows that only feed a checked comparison take no part in the gradient.
+
+        Parameters
+        ----------
+        x : array_like
+            Real numbers of shape ``(n_in,)`` (one sample) or ``(B, n_in)``.
+
+        Returns
+        -------
+        value : float or numpy.ndarray
+            The output: a float for one sample, shape ``(B,)`` for a batch.
+        grad : numpy.ndarray
+            Its gradient w.r.t. the inputs: shape ``(n_in,)``, or ``(B, n_in)``.
+
+        Raises
+        ------
+        ValueError
+            If the Function has more than one output, or ``x`` is not real numbers of
+            one of those shapes.
+        GuardError
+            If a recorded comparison comes out differently for some sample.
+        FloatingPointError
+            Under :class:`detect_anomaly`, for a nan or inf value or gradient, as
+            ``backward()`` does.
         """
         if self.n_outputs != 1:
             raise ValueError(f"value_and_grad needs a Function with one output, this one has "

@@ -63,7 +63,11 @@ def _check_size(n: object, who: str, unit: str) -> None:
 
 
 class Module:
-    """Base class: ``parameters()``, ``zero_grad()``, ``save()`` and ``load()``."""
+    """Base class: ``parameters()``, ``zero_grad()``, ``save()`` and ``load()``.
+
+    Subclasses override :meth:`parameters` (and, to name their arrays in saved files,
+    :meth:`tensors`).
+    """
 
     def zero_grad(self) -> None:
         """Set the gradient of every parameter to 0."""
@@ -71,33 +75,59 @@ class Module:
             p.grad = 0.0
 
     def parameters(self) -> list[Value]:
-        """Every trainable Value of the module, in a fixed order."""
+        """Every trainable Value of the module, in a fixed order.
+
+        Returns
+        -------
+        list of Value
+            Empty for the base class.
+        """
         return []
 
     # -- save / load ------------------------------------------------------------------
 
     def tensors(self) -> Tensors:
-        """The parameters grouped into named tensors: ``{name: (shape, values)}``.
+        """The parameters grouped into named tensors.
 
         This is what :meth:`save` writes, one array per entry. Subclasses without
         their own grouping store all parameters as one flat ``"parameters"`` array.
+
+        Returns
+        -------
+        dict
+            ``{name: (shape, values)}``: a shape tuple and the Values in row-major order.
         """
         params = self.parameters()
         return {"parameters": ((len(params),), params)}
 
     def architecture(self) -> str:
-        """A text description saved with the parameters and checked on load (the repr)."""
+        """A text description saved with the parameters and checked on load.
+
+        Returns
+        -------
+        str
+            The repr, or ``"<class> with <n> parameters"`` for a class without one.
+        """
         if type(self).__repr__ is object.__repr__:     # no address in the description
             return f"{type(self).__name__} with {len(self.parameters())} parameters"
         return repr(self)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the parameters to ``path`` (exactly that name) as an uncompressed ``.npz``.
+        """Write the parameters to ``path`` as an uncompressed ``.npz``.
 
         The file holds one float64 array per entry of :meth:`tensors` (e.g.
         ``"layer0/W"`` of shape ``(16, 2)``), plus ``"__architecture__"`` (see
         :meth:`architecture`) and ``"__format__"`` as string arrays; ``np.load(path)``
         reads it without pickle.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write, exactly that name (no ``.npz`` is appended).
+
+        See Also
+        --------
+        load : read the file back into a model of the same architecture.
         """
         path = os.fspath(path)
         arrays = {name: np.array([v.data for v in values], dtype=np.float64).reshape(shape)
@@ -108,16 +138,31 @@ class Module:
             np.savez(f, **arrays)
 
     def load(self: M, path: str | os.PathLike[str]) -> M:
-        """Set the parameters from a file written by :meth:`save`; returns ``self``.
+        """Set the parameters from a file written by :meth:`save`.
 
-        Everything is checked before any parameter changes: a file for another
-        architecture or with other tensor shapes raises ``ValueError`` (naming what
-        was expected and what was found) and leaves the model untouched. A missing
-        file raises ``FileNotFoundError``; a file that is not a tapegrad ``.npz``
-        raises ``ValueError``. Gradients are not touched.
+        Everything is checked before any parameter changes, so on an error the model is
+        left untouched. Gradients are not touched. Only the member headers are read
+        before those checks (see :mod:`tapegrad._npzfile`): an unexpected or oversized
+        member is refused unread.
 
-        Only the member headers are read before those checks (see
-        :mod:`tapegrad._npzfile`): an unexpected or oversized member is refused unread.
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A file written by :meth:`save`.
+
+        Returns
+        -------
+        Module
+            ``self``.
+
+        Raises
+        ------
+        FileNotFoundError
+            If there is no file at ``path``.
+        ValueError
+            If the file is for another architecture or has other tensor shapes (the
+            message names what was expected and what was found), or is not a tapegrad
+            ``.npz``.
         """
         path = os.fspath(path)
         tensors = self.tensors()
@@ -167,7 +212,8 @@ class _Scoped(Module):
 
     @property
     def name(self) -> str:
-        """The scope name of this module's rows (``"layer0"``, ``"neuron3"``...)."""
+        """The scope name of this module's rows (``"layer0"``, ``"neuron3"``...; settable,
+        a non-empty str)."""
         return self._name
 
     @name.setter
@@ -217,13 +263,32 @@ def _read_meta(npz: _npzfile.NpzReader, path: str) -> tuple[dict[str, _npzfile.H
 class Neuron(_Scoped):
     """``act(sum(w_i * x_i) + b)``: ReLU by default (micrograd), see ``nonlin``.
 
-    Args:
-        nin: number of inputs.
-        nonlin: ``True`` or ``"relu"`` (micrograd's default), ``False`` or
-            ``"linear"``, ``"tanh"``, ``"sigmoid"``; anything else raises ValueError.
-            The attribute ``nonlin`` keeps micrograd's bool for ReLU (``True``) and
-            linear (``False``) and holds ``"tanh"``/``"sigmoid"`` otherwise;
-            ``activation`` is always the name. Setting either changes the neuron.
+    The weights ``w`` are drawn from ``random.uniform(-1, 1)``; the bias ``b`` is 0.
+    Calling the neuron on ``nin`` inputs (Values or numbers) returns a Value.
+
+    Parameters
+    ----------
+    nin : int
+        Number of inputs (>= 1).
+    nonlin : bool or str, default True
+        ``True`` or ``"relu"`` (micrograd's default), ``False`` or ``"linear"``,
+        ``"tanh"``, ``"sigmoid"``. The attribute ``nonlin`` keeps micrograd's bool for
+        ReLU (``True``) and linear (``False``) and holds ``"tanh"``/``"sigmoid"``
+        otherwise; ``activation`` is always the name. Setting either changes the neuron.
+
+    Raises
+    ------
+    TypeError
+        If ``nin`` is not an int.
+    ValueError
+        If ``nin`` < 1 or ``nonlin`` is none of the above.
+
+    Examples
+    --------
+    >>> from tapegrad.nn import Neuron
+    >>> n = Neuron(3, nonlin="tanh")
+    >>> n, n.nonlin, len(n.parameters())
+    (TanhNeuron(3), 'tanh', 4)
     """
 
     def __init__(self, nin: int, nonlin: bool | str = True) -> None:
@@ -235,7 +300,8 @@ class Neuron(_Scoped):
 
     @property
     def activation(self) -> str:
-        """The activation's name: ``"relu"``, ``"linear"``, ``"tanh"`` or ``"sigmoid"``."""
+        """The activation's name: ``"relu"``, ``"linear"``, ``"tanh"`` or ``"sigmoid"``
+        (settable, with any ``nonlin`` argument)."""
         return self._activation
 
     @activation.setter
@@ -245,7 +311,8 @@ class Neuron(_Scoped):
 
     @property
     def nonlin(self) -> bool | str:
-        """micrograd's flag: ``True`` for ReLU, ``False`` for linear, else the name."""
+        """micrograd's flag: ``True`` for ReLU, ``False`` for linear, else the name
+        (settable, as :attr:`activation`)."""
         return {"relu": True, "linear": False}.get(self._activation, self._activation)
 
     @nonlin.setter
@@ -279,7 +346,33 @@ class Neuron(_Scoped):
 
 
 class Layer(_Scoped):
-    """``nout`` neurons reading the same inputs; one neuron returns a bare Value."""
+    """``nout`` neurons reading the same inputs.
+
+    Calling the layer returns a list of ``nout`` Values, or a bare Value when
+    ``nout == 1`` (as micrograd).
+
+    Parameters
+    ----------
+    nin : int
+        Number of inputs of every neuron (>= 1).
+    nout : int
+        Number of neurons (>= 1).
+    nonlin : bool or str, default True
+        The neurons' activation (see :class:`Neuron`).
+
+    Raises
+    ------
+    TypeError
+        If ``nin`` or ``nout`` is not an int.
+    ValueError
+        If ``nin`` or ``nout`` < 1, or ``nonlin`` is not an activation.
+
+    Examples
+    --------
+    >>> from tapegrad.nn import Layer
+    >>> Layer(2, 3)
+    Layer of [ReLUNeuron(2), ReLUNeuron(2), ReLUNeuron(2)]
+    """
 
     def __init__(self, nin: int, nout: int, nonlin: bool | str = True) -> None:
         _check_size(nout, "Layer", "outputs")
@@ -316,7 +409,32 @@ class Layer(_Scoped):
 class MLP(Module):
     """Layers of sizes ``nouts`` after ``nin`` inputs; the last layer is linear.
 
-    Hidden layers apply ``nonlin`` (ReLU by default, as micrograd); see :class:`Neuron`.
+    Calling the MLP on ``nin`` inputs returns the last layer's output: a Value when its
+    size is 1, else a list of Values. Layer ``i`` records its rows in scope
+    ``"layer<i>"``.
+
+    Parameters
+    ----------
+    nin : int
+        Number of inputs (>= 1).
+    nouts : sequence of int
+        The size of each layer (each >= 1), e.g. ``[16, 16, 1]``.
+    nonlin : bool or str, default "relu"
+        The activation of the hidden layers (see :class:`Neuron`).
+
+    Raises
+    ------
+    TypeError
+        If ``nin`` or a size is not an int, or ``nouts`` is not a sequence.
+    ValueError
+        If ``nouts`` is empty, a size is < 1, or ``nonlin`` is not an activation.
+
+    Examples
+    --------
+    >>> from tapegrad.nn import MLP
+    >>> model = MLP(2, [16, 16, 1])
+    >>> model.architecture(), len(model.parameters())
+    ("MLP(2, [16, 16, 1], nonlin='relu')", 337)
     """
 
     def __init__(self, nin: int, nouts: Sequence[int], nonlin: bool | str = "relu") -> None:

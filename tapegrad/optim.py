@@ -56,10 +56,24 @@ def _in_range(x: object, name: str, low: float, high: float | None = None,
 class Optimizer:
     """Base class: holds the parameters, ``lr``, ``zero_grad()`` and the gather/scatter.
 
-    Args:
-        params: the Values to optimize, e.g. ``model.parameters()`` (a list is taken
-            once; each Value at most once).
-        lr: the learning rate, a number >= 0; can be changed between steps.
+    Subclasses implement ``_update(p, g)``, the new parameter values from the current
+    ones and their gradients (float64 arrays).
+
+    Parameters
+    ----------
+    params : iterable of Value
+        The Values to optimize, e.g. ``model.parameters()`` (the iterable is read
+        once, into a list; each Value at most once).
+    lr : float
+        The learning rate, a finite number >= 0; can be changed between steps.
+
+    Raises
+    ------
+    TypeError
+        If ``params`` is a single Value, a Module, not iterable, or holds something
+        other than Values, or ``lr`` is not a real number.
+    ValueError
+        If ``params`` is empty or repeats a Value, or ``lr`` is negative or not finite.
     """
 
     def __init__(self, params: Iterable[Value], lr: float) -> None:
@@ -90,7 +104,7 @@ class Optimizer:
 
     @property
     def lr(self) -> float:
-        """The learning rate (>= 0); set it between steps for a schedule."""
+        """The learning rate, a float >= 0; set it between steps for a schedule."""
         return self._lr
 
     @lr.setter
@@ -103,7 +117,11 @@ class Optimizer:
             p.grad = 0.0
 
     def step(self) -> None:
-        """Update every parameter from its current gradient."""
+        """Update every parameter from its current gradient.
+
+        Gathers the data and gradients into float64 arrays, applies the update to all
+        of them at once and writes the data back; :attr:`steps` counts the calls.
+        """
         params = self.params
         n = len(params)
         p = np.fromiter([v.data for v in params], np.float64, n)
@@ -136,11 +154,35 @@ class SGD(Optimizer):
     With ``momentum == 0`` the velocity is skipped: ``p = p - lr * g``, which is
     micrograd's ``p.data -= lr * p.grad`` bit for bit when ``weight_decay == 0``.
 
-    Args:
-        params: the Values to optimize.
-        lr: learning rate (>= 0).
-        momentum: in ``[0, 1)``.
-        weight_decay: L2 penalty coefficient (>= 0), added to the gradient.
+    Parameters
+    ----------
+    params : iterable of Value
+        The Values to optimize (see :class:`Optimizer`).
+    lr : float
+        Learning rate (>= 0).
+    momentum : float, default 0.0
+        In ``[0, 1)``.
+    weight_decay : float, default 0.0
+        L2 penalty coefficient (>= 0), added to the gradient.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type above.
+    ValueError
+        If a number is out of its range or not finite, or ``params`` is empty or
+        repeats a Value.
+
+    Examples
+    --------
+    >>> from tapegrad import Value
+    >>> from tapegrad.optim import SGD
+    >>> w = Value(1.0)
+    >>> opt = SGD([w], lr=0.1)
+    >>> (w * w).backward()
+    >>> opt.step()
+    >>> w.data
+    0.8
     """
 
     def __init__(self, params: Iterable[Value], lr: float, momentum: float = 0.0,
@@ -180,12 +222,26 @@ class Adam(Optimizer):
     which is ``p - lr * m_hat / (sqrt(v_hat) + eps)`` with ``m_hat = m / (1 - beta1**t)``
     and ``v_hat = v / (1 - beta2**t)``, evaluated in PyTorch's order.
 
-    Args:
-        params: the Values to optimize.
-        lr: learning rate (>= 0).
-        betas: ``(beta1, beta2)``, each in ``[0, 1)``.
-        eps: added to the denominator (> 0).
-        weight_decay: L2 penalty coefficient (>= 0), added to the gradient.
+    Parameters
+    ----------
+    params : iterable of Value
+        The Values to optimize (see :class:`Optimizer`).
+    lr : float, default 1e-3
+        Learning rate (>= 0).
+    betas : tuple of float, default (0.9, 0.999)
+        ``(beta1, beta2)``, each in ``[0, 1)``.
+    eps : float, default 1e-8
+        Added to the denominator (> 0).
+    weight_decay : float, default 0.0
+        L2 penalty coefficient (>= 0), added to the gradient.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not of the type above (``betas`` must be a pair).
+    ValueError
+        If a number is out of its range or not finite, or ``params`` is empty or
+        repeats a Value.
     """
 
     def __init__(self, params: Iterable[Value], lr: float = 1e-3,

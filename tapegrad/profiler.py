@@ -244,10 +244,28 @@ class profile:
     every call. A profiler is used once; the results stay readable after the block,
     and may be read inside it too (then up to now).
 
-    Args:
-        max_traced_calls: calls kept in full for :meth:`export_chrome_trace`; later calls
-            only count in the totals (the trace says how many were left out). Tracing
-            also stops once the kept calls hold 500,000 level groups (deep graphs).
+    Parameters
+    ----------
+    max_traced_calls : int, default 1000
+        Calls kept in full for :meth:`export_chrome_trace`; later calls only count in
+        the totals (the trace says how many were left out). Tracing also stops once
+        the kept calls hold 500,000 level groups (deep graphs).
+
+    Raises
+    ------
+    ValueError
+        If ``max_traced_calls`` is not an int >= 0.
+    RuntimeError
+        On entering a profiler a second time.
+
+    Examples
+    --------
+    >>> from tapegrad import Value, profile
+    >>> with profile() as prof:
+    ...     x = Value(2.0)
+    ...     (x * x).backward()
+    >>> prof.backward_calls
+    1
     """
 
     def __init__(self, max_traced_calls: int = 1000) -> None:
@@ -300,16 +318,31 @@ class profile:
     # -- the probe (called by the tape) ----------------------------------------------
 
     def on_backward(self, tape_name: str, rows: int, seconds: float, timing: Any) -> None:
-        """Called by the tape after every ``Value.backward()``."""
+        """Called by the tape after every ``Value.backward()`` (not meant for user code).
+
+        Parameters
+        ----------
+        tape_name : str
+            The tape's name.
+        rows : int
+            Rows the backward swept.
+        seconds : float
+            Its duration.
+        timing : tapegrad._sweep.Timing
+            Its time per phase, op and level group.
+        """
         _deliver("backward", tape_name, rows, seconds, timing)
 
     def on_replay(self, tape_name: str, rows: int, seconds: float, timing: Any) -> None:
-        """Called by the tape after every replay (``Tape.forward()``)."""
+        """Called by the tape after every replay (``Tape.forward()``); as
+        :meth:`on_backward`."""
         _deliver("replay", tape_name, rows, seconds, timing)
 
     def add_call(self, call: _Call) -> None:
-        """Count one call: the probe dispatch calls this on every active profiler (not
-        meant for user code)."""
+        """Count one call (not meant for user code).
+
+        The probe dispatch calls this on every active profiler.
+        """
         self._counts[call.kind] += 1
         self._seconds[call.kind] += call.seconds
         if self._tracing and len(self._calls) < self.max_traced_calls and \
@@ -335,25 +368,32 @@ class profile:
 
     @property
     def wall_seconds(self) -> float:
-        """Wall time of the block (up to now while it runs)."""
+        """Wall time of the block in seconds (up to now while it runs; 0 before)."""
         return 0.0 if self._state == "new" else self._now()[0] - self._start
 
     @property
     def rows_recorded(self) -> int:
-        """Rows recorded on all tapes during the block."""
+        """Rows recorded on all tapes and threads during the block (up to now while it
+        runs; 0 before)."""
         return 0 if self._state == "new" else self._now()[1] - self._rows_start
 
     @property
     def outside_seconds(self) -> float:
-        """Wall time minus backward and replay calls (and the profiler's own time): your
-        code, recording rows included, and whatever else ran (imports, I/O, plotting).
-        It is not the cost of recording alone."""
+        """Seconds of wall time outside backward and replay calls (and the profiler's
+        own time).
+
+        That is your code, recording rows included, and whatever else ran (imports,
+        I/O, plotting): not the cost of recording alone.
+        """
         calls = sum(self._seconds.values())
         return max(0.0, self.wall_seconds - calls - self._overhead)
 
     @property
     def record_seconds(self) -> float:
-        """Deprecated name of :attr:`outside_seconds` (it never was recording alone)."""
+        """Deprecated name of :attr:`outside_seconds` (it never was recording alone).
+
+        Reading it warns with a ``DeprecationWarning``.
+        """
         warnings.warn("profile.record_seconds is deprecated: it is the time outside "
                       "backward/replay, not recording alone; use outside_seconds",
                       DeprecationWarning, stacklevel=2)
@@ -392,9 +432,14 @@ class profile:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable summary: the time outside backward/replay, backward and
-        replay totals, with the backward (and replay) time per phase, op, level-group
-        bucket and tape."""
+        """A JSON-serialisable summary of the block.
+
+        Returns
+        -------
+        dict
+            The time outside backward/replay, backward and replay totals, with the
+            backward (and replay) time per phase, op, level-group bucket and tape.
+        """
         out: dict[str, Any] = {
             "wall_seconds": self.wall_seconds,
             "outside_seconds": self.outside_seconds,
@@ -410,13 +455,30 @@ class profile:
     # -- the table --------------------------------------------------------------------
 
     def table(self, top: int | None = None, sort: str | None = None) -> list[ReportRow]:
-        """The rows of the timing table: the time outside backward/replay, one row per
-        kind of call, and nested rows for phases, ops (slowest first; ``top`` limits
-        them) and level groups. ``sort`` (one of :data:`SORT_KEYS`) orders siblings;
-        by default phases keep the order they ran in.
+        """The rows of the timing table.
 
-        *Self* is a row's time minus its children's, so the Self column adds up to the
-        wall time of the block (less the profiler's overhead).
+        The time outside backward/replay, one row per kind of call, and nested rows for
+        phases, ops (slowest first) and level groups. *Self* is a row's time minus its
+        children's, so the Self column adds up to the wall time of the block (less the
+        profiler's overhead).
+
+        Parameters
+        ----------
+        top : int, optional
+            Show at most this many ops per kind of call (the rest as one row).
+        sort : str, optional
+            One of :data:`SORT_KEYS`, to order siblings; by default phases keep the
+            order they ran in.
+
+        Returns
+        -------
+        list of ReportRow
+            In depth-first order.
+
+        Raises
+        ------
+        ValueError
+            If ``top`` is not a positive int or ``sort`` not a known key.
         """
         if top is not None and (not isinstance(top, int) or isinstance(top, bool) or top < 1):
             raise ValueError(f"top must be a positive int or None, got {top!r}")
@@ -432,7 +494,12 @@ class profile:
         return rows if sort is None else _sorted_rows(rows, sort)
 
     def notes(self) -> list[str]:
-        """The lines under the table: wall time, rows, level groups, untraced calls."""
+        """The lines under the table: wall time, rows, level groups, untraced calls.
+
+        Returns
+        -------
+        list of str
+        """
         wall, rows = self.wall_seconds, self.rows_recorded
         notes = [f"wall {fmt_time(wall)}; {plural(rows, 'row')} recorded; "
                  f"{OUTSIDE}: your code and the recording of rows (also imports, I/O, "
@@ -454,13 +521,31 @@ class profile:
         return notes
 
     def report(self, top: int | None = None, sort: str | None = None) -> str:
-        """The timing table (:meth:`table`) as text, with :meth:`notes` under it."""
+        """The timing table (:meth:`table`) as text, with :meth:`notes` under it.
+
+        Parameters
+        ----------
+        top, sort
+            As for :meth:`table`.
+
+        Returns
+        -------
+        str
+        """
         text = _format_table(self.table(top, sort), self.wall_seconds)
         return text + "\n" + "\n".join(self.notes())
 
     def print_report(self, top: int | None = None, file: IO[str] | None = None,
                      sort: str | None = None) -> None:
-        """Print :meth:`report` (to ``sys.stdout`` unless ``file`` is given)."""
+        """Print :meth:`report`.
+
+        Parameters
+        ----------
+        top, sort
+            As for :meth:`table`.
+        file : file-like, optional
+            Where to print (default ``sys.stdout``).
+        """
         print(self.report(top, sort), file=file)
 
     # -- notebooks --------------------------------------------------------------------
@@ -488,7 +573,14 @@ class profile:
     # -- the trace --------------------------------------------------------------------
 
     def chrome_trace(self) -> dict[str, Any]:
-        """The trace :meth:`export_chrome_trace` writes, as a dict."""
+        """The trace :meth:`export_chrome_trace` writes.
+
+        Returns
+        -------
+        dict
+            Chrome trace-event JSON as a dict (``traceEvents``, ``displayTimeUnit``,
+            and :meth:`to_dict` under ``otherData``).
+        """
         pid = os.getpid()
         start = self._start
         end, rows_end = self._now()
@@ -535,13 +627,32 @@ class profile:
                 "otherData": {"tapegrad_profile": self.to_dict()}}
 
     def export_chrome_trace(self, path: str | os.PathLike[str]) -> Path:
-        """Write the trace as Chrome trace-event JSON; returns the path.
+        """Write the trace as Chrome trace-event JSON.
 
         Open it at https://ui.perfetto.dev or chrome://tracing: an ``outside`` span for
         each stretch between calls (your code and recording; ``args.rows`` holds the rows
         recorded in it), one span per backward (and replay) with its phases
         nested, per-op spans inside the partials phase and the slowest level groups
         inside the levels phase (their start times are approximate: summed durations).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write.
+
+        Returns
+        -------
+        pathlib.Path
+            The path written.
+
+        Raises
+        ------
+        TypeError
+            If ``path`` is not a str or os.PathLike.
+        IsADirectoryError
+            If ``path`` is a directory.
+        FileNotFoundError
+            If its directory does not exist.
         """
         target = output_path(path, "export_chrome_trace")
         with open(target, "w", encoding="utf-8") as f:

@@ -47,13 +47,33 @@ class Tape:
     its own default tape, which reclaims rows no live Value needs (micrograd-style
     loops build a new graph every step and never say so).
 
-    Args:
-        name: shown in errors, dumps and pictures. Defaults to ``"tape-<n>"``.
-        reclaim: compact the tape automatically (see :meth:`compact`) whenever it grows
-            past ``max(reclaim_min_rows, 2 × rows kept by the last compaction)``. The
-            default tape does; explicit tapes do not, so their rows stay where they
-            are until :meth:`reset` or :meth:`compact`.
-        reclaim_min_rows: the smallest size at which automatic compaction runs.
+    Parameters
+    ----------
+    name : str, optional
+        Shown in errors, dumps and pictures. Defaults to ``"tape-<n>"``.
+    reclaim : bool, default False
+        Compact the tape automatically (see :meth:`compact`) whenever it grows past
+        ``max(reclaim_min_rows, 2 × rows kept by the last compaction)``. The default
+        tape does; explicit tapes do not, so their rows stay where they are until
+        :meth:`reset` or :meth:`compact`.
+    reclaim_min_rows : int, default 2**20
+        The smallest size at which automatic compaction runs.
+
+    Raises
+    ------
+    TypeError
+        If ``name`` is not a str.
+    ValueError
+        If ``reclaim_min_rows`` is not a positive int.
+
+    Examples
+    --------
+    >>> from tapegrad import Tape, Value
+    >>> with Tape("demo") as t:
+    ...     x = Value(3.0)
+    ...     y = x * x + 1
+    >>> len(t), y.tape is t
+    (3, True)
     """
 
     def __init__(self, name: str | None = None, *, reclaim: bool = False,
@@ -70,7 +90,17 @@ class Tape:
 
     @classmethod
     def of(cls, rows: Rows) -> Tape:
-        """The public Tape of ``rows`` (a new handle if the original was dropped)."""
+        """The public Tape of ``rows`` (a new handle if the original was dropped).
+
+        Parameters
+        ----------
+        rows : tapegrad._rows.Rows
+            The rows object behind a tape (what :meth:`rows_object` returns).
+
+        Returns
+        -------
+        Tape
+        """
         rows.check_alive()
         tape = rows.owner()
         if tape is None:
@@ -82,7 +112,12 @@ class Tape:
         return tape
 
     def rows_object(self) -> Rows:
-        """The rows behind this tape (what Values of this tape refer to)."""
+        """The rows behind this tape (what Values of this tape refer to).
+
+        Returns
+        -------
+        tapegrad._rows.Rows
+        """
         return self._rows
 
     # -- context ----------------------------------------------------------------------
@@ -112,11 +147,12 @@ class Tape:
 
     @property
     def epoch(self) -> int:
-        """Changes whenever the tape's rows move (:meth:`compact`, :meth:`reset`)."""
+        """An int that changes whenever the tape's rows move (:meth:`compact`,
+        :meth:`reset`)."""
         return self._rows.epoch
 
     def reset(self) -> None:
-        """Free every row. Values recorded before raise :class:`ResetTapeError` when used.
+        """Free every row; Values recorded before raise :class:`ResetTapeError` when used.
 
         The buffers go back to the operating system: after freeing large ones, the C
         allocator is asked to release its free memory (glibc's ``malloc_trim``), which
@@ -138,11 +174,29 @@ class Tape:
         ``.data`` of every Value and ``backward()`` behave as if the recorded code had
         run again (bit for bit for + - * / relu abs neg sqrt; NumPy's tanh, exp, log,
         sigmoid, sin, cos and pow may differ from Python's math in the last bit or
-        two). Raises :class:`tapegrad.GuardError` if a recorded comparison would
-        come out differently: the recording no longer describes the program.
+        two).
 
         The first call compiles a plan (levels, folded sum and product chains); later
         calls reuse it while the tape's rows stay the same. An empty tape does nothing.
+
+        Raises
+        ------
+        GuardError
+            If a recorded comparison would come out differently: the recording no
+            longer describes the program.
+        FloatingPointError
+            Under :class:`detect_anomaly`, at the first row that produces nan or inf.
+
+        Examples
+        --------
+        >>> from tapegrad import Tape, Value
+        >>> with Tape() as t:
+        ...     x = Value(2.0)
+        ...     y = x * x
+        >>> x.data = 3.0
+        >>> t.forward()
+        >>> y.data
+        9.0
         """
         rows = self._rows
         if rows.size == 0:
@@ -167,7 +221,13 @@ class Tape:
             probe.on_replay(self.name, n, time.perf_counter() - start, timing)
 
     def backward_from(self, row: int) -> None:
-        """``backward()`` of the Value at ``row`` (see :meth:`tapegrad.Value.backward`)."""
+        """``backward()`` of the Value at ``row`` (see :meth:`tapegrad.Value.backward`).
+
+        Parameters
+        ----------
+        row : int
+            The row of the root on this tape.
+        """
         rows = self._rows
         probe = _context.innermost_probe()
         if probe is None:
@@ -179,14 +239,46 @@ class Tape:
         probe.on_backward(self.name, swept, time.perf_counter() - start, timing)
 
     def value(self, row: int) -> Any:
-        """A Value for ``row`` of this tape (e.g. a row seen in a dump, or after load)."""
+        """A Value for ``row`` of this tape (e.g. a row seen in a dump, or after load).
+
+        Parameters
+        ----------
+        row : int
+            A row number, ``0 <= row < len(tape)``.
+
+        Returns
+        -------
+        Value
+
+        Raises
+        ------
+        TypeError
+            If ``row`` is not an int.
+        IndexError
+            If ``row`` is not on this tape.
+        """
         rows = self._rows
         self._check_row(row)
         return new_value(rows, int(row), rows.level(int(row)))
 
     def row_of(self, v: Any) -> int:
-        """Row of Value ``v`` on this tape: its own row, or the row mirroring it when it
-        is a leaf of another tape used here. ``ValueError`` if it is neither."""
+        """Row of Value ``v`` on this tape.
+
+        Parameters
+        ----------
+        v : Value
+            A Value of this tape, or a leaf of another tape used here.
+
+        Returns
+        -------
+        int
+            Its own row, or the row mirroring it when it is a leaf of another tape.
+
+        Raises
+        ------
+        ValueError
+            If ``v`` is neither.
+        """
         rows = self._rows
         if v.tape is self:
             return v.row
@@ -208,6 +300,11 @@ class Tape:
 
         Rows, values, gradients, labels and scopes round-trip bit for bit through
         :meth:`load`. Leaves linked from other tapes are saved as plain leaves.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write.
         """
         rows = self._rows
         mark_rows, mark_ids = rows.scope_marks()
@@ -218,8 +315,23 @@ class Tape:
     def load(cls, path: str | os.PathLike, name: str | None = None) -> Tape:
         """Read a tape written by :meth:`save`; ``tape.value(row)`` gives its Values.
 
-        A truncated, corrupted, foreign or wrong-version file raises ``ValueError``
-        (nothing in it is executed: pickles are refused).
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A file written by :meth:`save`.
+        name : str, optional
+            The new tape's name (default: the name saved in the file).
+
+        Returns
+        -------
+        Tape
+            A new tape holding the saved rows.
+
+        Raises
+        ------
+        ValueError
+            If the file is truncated, corrupted, foreign or of another version (nothing
+            in it is executed: pickles are refused).
         """
         data = _tapefile.read(path)
         tape = cls(name if name is not None else str(data["name"]))
@@ -227,24 +339,38 @@ class Tape:
         return tape
 
     def compact(self) -> int:
-        """Drop the rows no live Value needs, slide the rest down; returns rows freed.
+        """Drop the rows no live Value needs and slide the rest down.
 
         Live Values keep working (they follow their rows); a row stays when a live
         Value depends on it (docs/design.md#memory). Row numbers seen before (dumps,
         ``values[i]``) change.
+
+        Returns
+        -------
+        int
+            The number of rows freed.
         """
         return self._rows.compact()
 
     @property
     def nbytes(self) -> int:
-        """Bytes the recorded rows occupy (rows × 41); spare capacity is not counted."""
+        """Bytes the recorded rows occupy (rows × 41), an int; spare capacity is not
+        counted."""
         return self._rows.nbytes()
 
     # -- read-only views of the rows -------------------------------------------------------
 
     def columns(self) -> _sweep.Columns:
-        """All columns at once as read-only views (op, a0, a1, const, value, level, low,
-        grad): cheaper than the properties below when several are needed."""
+        """All columns at once as read-only views.
+
+        Cheaper than the properties below when several are needed.
+
+        Returns
+        -------
+        tapegrad._sweep.Columns
+            A named tuple of NumPy arrays: ``op``, ``a0``, ``a1``, ``const``,
+            ``value``, ``level``, ``low`` and ``grad``.
+        """
         return self._rows.columns()
 
     @property
@@ -281,7 +407,17 @@ class Tape:
         return self._rows.columns().level
 
     def label(self, row: int) -> str:
-        """The label given to ``row`` (``""`` when none)."""
+        """The label given to ``row`` (``""`` when none).
+
+        Parameters
+        ----------
+        row : int
+            A row of this tape.
+
+        Returns
+        -------
+        str
+        """
         return self._rows.label(row)
 
     @property
@@ -302,21 +438,51 @@ class Tape:
         return self._rows.scope_names()
 
     def describe(self, row: int) -> str:
-        """`` 'label' [scope]`` of ``row``, for messages (``""`` when it has neither)."""
+        """`` 'label' [scope]`` of ``row``, for messages (``""`` when it has neither).
+
+        Parameters
+        ----------
+        row : int
+            A row of this tape.
+
+        Returns
+        -------
+        str
+        """
         return self._rows.describe(row)
 
     def stats(self) -> _stats.TapeStats:
         """Size, op mix, level widths, fan-out, longest chain and memory of the tape.
 
-        Vectorized: seconds on a 10^7-row tape. ``.to_dict()`` is JSON-serialisable.
+        Vectorized: seconds on a 10^7-row tape.
+
+        Returns
+        -------
+        tapegrad._stats.TapeStats
+            The figures; its ``.to_dict()`` is JSON-serialisable.
         """
         rows = self._rows
         return _stats.stats(rows.columns(), rows.column_nbytes())
 
     def dump(self, max_lines: int = 40) -> str:
-        """A readable listing, one row per line, head and tail beyond ``max_lines``::
+        """A readable listing of the rows, one per line.
 
-            %12 = mul %3 %7            # data 0.5 grad -1.25  [layer1/neuron3]
+        Parameters
+        ----------
+        max_lines : int, default 40
+            Beyond this many rows, only the head and the tail are listed (an int >= 2).
+
+        Returns
+        -------
+        str
+            Lines such as::
+
+                %12 = mul %3 %7            # data 0.5 grad -1.25  [layer1/neuron3]
+
+        Raises
+        ------
+        ValueError
+            If ``max_lines`` is not an int >= 2.
         """
         if not isinstance(max_lines, int) or isinstance(max_lines, bool) or max_lines < 2:
             raise ValueError(f"max_lines must be an int >= 2, got {max_lines!r}")
@@ -325,7 +491,24 @@ class Tape:
                            rows.scope_names(), max_lines)
 
     def scope_of(self, row: int) -> str:
-        """The scope path ``row`` was recorded in (``""`` when none)."""
+        """The scope path ``row`` was recorded in (``""`` when none).
+
+        Parameters
+        ----------
+        row : int
+            A row of this tape.
+
+        Returns
+        -------
+        str
+
+        Raises
+        ------
+        TypeError
+            If ``row`` is not an int.
+        IndexError
+            If ``row`` is not on this tape.
+        """
         self._check_row(row)
         return self._rows.scope_of(int(row))
 

@@ -127,11 +127,34 @@ class DotGraph:
     * ``.pydot`` is the ``pydot.Dot``; other attributes (``create_svg``, ``write_png``,
       ``get_nodes``, ...) are looked up on it, so code written for pydot keeps working.
 
-    ``format`` (``"svg"``, ``"png"``, ``"pdf"`` or ``"dot"``) is what ``pipe``, ``render``
-    and :func:`save_dot` (for a path without extension) produce by default. ``node_count``,
-    ``edge_count`` and ``rows`` give the size drawn; ``collapse`` the view drawn (``None``
-    for row by row); ``note`` the text shown on the picture when ``draw_dot`` collapsed
-    the graph by itself, else ``None``.
+    :func:`draw_dot` makes these; the parameters below are kept as attributes of the
+    same names.
+
+    Parameters
+    ----------
+    graph : pydot.Dot
+        The graph to wrap.
+    format : str, default "svg"
+        ``"svg"``, ``"png"``, ``"pdf"`` or ``"dot"``: what ``pipe``, ``render`` and
+        :func:`save_dot` (for a path without extension) produce by default.
+    node_count, edge_count : int, optional
+        The size drawn; counted from ``graph`` when either is left out (negative).
+    rows : int, optional
+        The tape rows drawn (``-1``: unknown).
+    collapse : str, optional
+        The view drawn (``None`` for row by row).
+    note : str, optional
+        The text shown on the picture when ``draw_dot`` collapsed the graph by itself,
+        else ``None``.
+
+    Raises
+    ------
+    ImportError
+        If pydot is not installed.
+    TypeError
+        If ``graph`` is not a ``pydot.Dot``.
+    ValueError
+        If ``format`` is not one of the above.
     """
 
     def __init__(self, graph: pydot.Dot, format: str = "svg", *, node_count: int = -1,
@@ -162,11 +185,29 @@ class DotGraph:
 
     def pipe(self, format: str | None = None, *,
              timeout: float | None = DEFAULT_TIMEOUT) -> bytes:
-        """The graph rendered by Graphviz's ``dot`` in ``format`` (default: ``.format``).
+        """The graph rendered by Graphviz's ``dot`` program.
 
-        ``"dot"`` gives the DOT text without running Graphviz. ``timeout``: seconds
-        before ``dot`` is stopped and :class:`GraphvizTimeoutError` raised (``None``:
-        wait for ever).
+        Parameters
+        ----------
+        format : str, optional
+            ``"svg"``, ``"png"``, ``"pdf"``, or ``"dot"`` for the DOT text without
+            running Graphviz (default: ``.format``).
+        timeout : float or None, default 60.0
+            Seconds before ``dot`` is stopped (``None``: wait for ever).
+
+        Returns
+        -------
+        bytes
+            The rendered file's contents.
+
+        Raises
+        ------
+        GraphvizNotFoundError
+            If Graphviz's ``dot`` is not on ``PATH``.
+        GraphvizTimeoutError
+            If ``dot`` takes more than ``timeout`` seconds.
+        GraphvizError
+            If ``dot`` fails.
         """
         fmt = self.format if format is None else _check_choice("format", format, _FORMATS)
         text = self.source
@@ -180,11 +221,32 @@ class DotGraph:
                timeout: float | None = DEFAULT_TIMEOUT) -> str:
         """Write the DOT text to ``filename`` and the picture to ``filename.<format>``.
 
-        Like ``graphviz.Digraph.render`` (same argument order): ``filename`` defaults to
-        ``"Digraph.gv"`` and is taken in ``directory`` when given (created if needed);
-        ``format`` defaults to ``.format``; ``cleanup=True`` deletes the DOT file after
-        rendering; ``view=True`` opens the picture with the system's viewer. Returns the
-        path of the picture (``"gout.svg"`` for ``render("gout")``).
+        Like ``graphviz.Digraph.render``, with the same argument order.
+
+        Parameters
+        ----------
+        filename : str or os.PathLike, optional
+            The DOT file to write (default ``"Digraph.gv"``).
+        directory : str or os.PathLike, optional
+            The directory to write in (created if needed).
+        view : bool, default False
+            Open the picture with the system's viewer.
+        cleanup : bool, default False
+            Delete the DOT file after rendering.
+        format : str, optional
+            The picture's format (default: ``.format``); see :meth:`pipe`.
+        timeout : float or None, default 60.0
+            As for :meth:`pipe`.
+
+        Returns
+        -------
+        str
+            The path of the picture (``"gout.svg"`` for ``render("gout")``).
+
+        Raises
+        ------
+        GraphvizError
+            As for :meth:`pipe` (including its subclasses).
         """
         fmt = self.format if format is None else _check_choice("format", format, _FORMATS)
         source = Path("Digraph.gv" if filename is None else _check_path(filename, "render"))
@@ -250,32 +312,59 @@ def draw_dot(root: Value | Tape, format: str = "svg", rankdir: str = "LR", *,
              clusters: bool = True, constants: bool = False) -> DotGraph:
     """The graph of ``root`` as a :class:`DotGraph`, in micrograd's look.
 
-    Args:
-        root: a Value (its ancestors are drawn, like micrograd's ``trace``) or a Tape
-            (all of its rows).
-        format: what ``pipe``/``render`` produce and :func:`save_dot` writes when its
-            path has no extension (``"svg"``, ``"png"``, ``"pdf"`` or ``"dot"``).
-        rankdir: ``"LR"`` (left to right, micrograd's default), ``"TB"``, ``"RL"``, ``"BT"``.
-        max_nodes, max_edges: the largest graph drawn, with at most
-            ``LONG_EDGE_FACTOR * max_edges`` ranks crossed by long edges (see
-            :data:`DEFAULT_MAX_EDGES`): Graphviz slows down sharply past a few thousand
-            nodes or edges, or with many long edges.
-        around: draw only the rows within ``depth`` hops of this Value (operands and
-            consumers, on ``root``'s tape). Rows with edges to rows left out are dashed.
-        depth: the number of hops for ``around`` (an int >= 0).
-        collapse: ``"auto"`` (default): row by row when that fits the caps, else the
-            first of ``"chains"``, ``"trees"``, ``"levels"`` that fits, with a note on
-            the picture saying so; :class:`GraphTooLargeError` when none fits.
-            ``None``: row by row, else :class:`GraphTooLargeError`. ``"chains"``: each
-            chain of rows with one consumer and one operand as one node; ``"trees"``:
-            every row with a single consumer merged into that consumer's node;
-            ``"levels"``: the rows of one opcode and level (and scope) as one node. An
-            explicit view that exceeds the caps raises :class:`GraphTooLargeError`.
-            Labelled rows are never merged into another node.
-        clusters: draw rows recorded in :class:`tapegrad.scope` blocks in (nested) clusters.
-        constants: draw each immediate constant (the ``3`` of ``x * 3``) as its own value
-            node feeding the op, as micrograd does (it wraps constants in Values); the
-            exponent of ``**`` stays in the op (``**2``), as in micrograd.
+    Drawing builds the pydot graph only; Graphviz runs when it is rendered.
+
+    Parameters
+    ----------
+    root : Value or Tape
+        A Value (its ancestors are drawn, like micrograd's ``trace``) or a Tape (all of
+        its rows).
+    format : str, default "svg"
+        What ``pipe``/``render`` produce and :func:`save_dot` writes when its path has
+        no extension (``"svg"``, ``"png"``, ``"pdf"`` or ``"dot"``).
+    rankdir : str, default "LR"
+        ``"LR"`` (left to right, micrograd's default), ``"TB"``, ``"RL"``, ``"BT"``.
+    max_nodes, max_edges : int, optional
+        The largest graph drawn (defaults :data:`DEFAULT_MAX_NODES` and
+        :data:`DEFAULT_MAX_EDGES`), with at most ``LONG_EDGE_FACTOR * max_edges`` ranks
+        crossed by long edges: Graphviz slows down sharply past a few thousand nodes or
+        edges, or with many long edges.
+    around : Value, optional
+        Draw only the rows within ``depth`` hops of this Value (operands and consumers,
+        on ``root``'s tape). Rows with edges to rows left out are dashed.
+    depth : int, default 2
+        The number of hops for ``around`` (an int >= 0).
+    collapse : str or None, default "auto"
+        ``"auto"``: row by row when that fits the caps, else the first of ``"chains"``,
+        ``"trees"``, ``"levels"`` that fits, with a note on the picture saying so.
+        ``None``: row by row. ``"chains"``: each chain of rows with one consumer and
+        one operand as one node; ``"trees"``: every row with a single consumer merged
+        into that consumer's node; ``"levels"``: the rows of one opcode and level (and
+        scope) as one node. Labelled rows are never merged into another node.
+    clusters : bool, default True
+        Draw rows recorded in :class:`tapegrad.scope` blocks in (nested) clusters.
+    constants : bool, default False
+        Draw each immediate constant (the ``3`` of ``x * 3``) as its own value node
+        feeding the op, as micrograd does (it wraps constants in Values); the exponent
+        of ``**`` stays in the op (``**2``), as in micrograd.
+
+    Returns
+    -------
+    DotGraph
+        The drawn graph, with its size and the view drawn.
+
+    Raises
+    ------
+    GraphTooLargeError
+        If the graph exceeds the caps in the view asked for (``"auto"``: in every view).
+    ImportError
+        If pydot is not installed.
+    TypeError
+        If ``root`` is not a Value or Tape, ``around`` not a Value, or a count not an
+        int.
+    ValueError
+        If an option is not one of its choices, a count is below its minimum, or
+        ``around`` is on another tape.
     """
     pydot = _import_pydot()
     graph_format = _check_choice("format", format, _FORMATS)
@@ -308,8 +397,28 @@ def draw_dot(root: Value | Tape, format: str = "svg", rankdir: str = "LR", *,
 
 
 def render_dot(root: Value | Tape | DotGraph, rankdir: str = "LR", **options: Any) -> str:
-    """The DOT source of ``draw_dot(root, rankdir=rankdir, **options)`` (no Graphviz run);
-    of a :class:`DotGraph` already drawn, its ``source``."""
+    """The DOT source of a graph, without running Graphviz.
+
+    Parameters
+    ----------
+    root : Value, Tape or DotGraph
+        A Value or Tape is drawn with ``draw_dot(root, rankdir=rankdir, **options)``;
+        a :class:`DotGraph` already drawn gives its ``source``.
+    rankdir : str, default "LR"
+        As for :func:`draw_dot`.
+    **options
+        Further arguments of :func:`draw_dot`.
+
+    Returns
+    -------
+    str
+        The DOT text.
+
+    Raises
+    ------
+    TypeError
+        If drawing options come with a :class:`DotGraph`.
+    """
     if isinstance(root, DotGraph):
         if options or rankdir != "LR":
             raise TypeError("render_dot got drawing options with a graph that is already "
@@ -320,14 +429,38 @@ def render_dot(root: Value | Tape | DotGraph, rankdir: str = "LR", **options: An
 
 def save_dot(graph: DotGraph | pydot.Dot | Value | Tape, path: str | os.PathLike[str], *,
              timeout: float | None = DEFAULT_TIMEOUT, **options: Any) -> Path:
-    """Write a graph to ``path``, in the format its extension names; returns the path.
+    """Write a graph to ``path``, in the format its extension names.
 
-    ``graph`` is a :class:`DotGraph` from :func:`draw_dot` (or a ``pydot.Dot``), or a
-    Value or Tape drawn with ``draw_dot(graph, **options)``. ``.dot``/``.gv`` write the
-    DOT text; ``.svg``, ``.png`` and ``.pdf`` run Graphviz's ``dot`` program
-    (:class:`GraphvizNotFoundError` when it is not installed,
-    :class:`GraphvizTimeoutError` when it takes more than ``timeout`` seconds; ``None``:
-    no limit). A path without extension gets the graph's ``format``.
+    ``.dot``/``.gv`` write the DOT text; ``.svg``, ``.png`` and ``.pdf`` run
+    Graphviz's ``dot`` program. A path without extension gets the graph's ``format``.
+
+    Parameters
+    ----------
+    graph : DotGraph, pydot.Dot, Value or Tape
+        A :class:`DotGraph` from :func:`draw_dot` (or a ``pydot.Dot``), or a Value or
+        Tape drawn with ``draw_dot(graph, **options)``.
+    path : str or os.PathLike
+        The file to write.
+    timeout : float or None, default 60.0
+        Seconds Graphviz may take (``None``: no limit).
+    **options
+        Arguments of :func:`draw_dot`, for a Value or Tape only.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written (with the extension added, if any).
+
+    Raises
+    ------
+    ValueError
+        If the extension is not one of :data:`SAVE_FORMATS`.
+    TypeError
+        If ``path`` is not a path, or drawing options come with a drawn graph.
+    GraphvizNotFoundError
+        If Graphviz's ``dot`` is needed and not installed.
+    GraphvizTimeoutError
+        If it takes more than ``timeout`` seconds.
     """
     pydot = _import_pydot()
     if isinstance(graph, pydot.Dot):
@@ -353,14 +486,37 @@ def save_dot(graph: DotGraph | pydot.Dot | Value | Tape, path: str | os.PathLike
 
 def export_dot(source: Value | Tape, path: str | os.PathLike[str], *,
                rankdir: str = "LR", chunk_rows: int = 1 << 14) -> int:
-    """Stream the rows of a tape to a DOT file, one node per row; returns rows written.
+    """Stream the rows of a tape to a DOT file, one node per row.
 
-    ``source`` is a Tape (every row) or a Value (its ancestors). Each row becomes a
-    record ``{ op | data | grad }`` named ``r<row>`` (leaves show their label, or
-    ``leaf``), with an edge from each operand row. No pydot objects: the text is
-    written ``chunk_rows`` rows at a time from the tape's arrays, so memory stays
-    bounded and 10^6 rows take seconds. Graphviz cannot lay out such files; draw
+    Each row becomes a record ``{ op | data | grad }`` named ``r<row>`` (leaves show
+    their label, or ``leaf``), with an edge from each operand row. No pydot objects:
+    the text is written ``chunk_rows`` rows at a time from the tape's arrays, so memory
+    stays bounded and 10^6 rows take seconds. Graphviz cannot lay out such files; draw
     parts of them with :func:`draw_dot` (``around=``, ``collapse=``) instead.
+
+    Parameters
+    ----------
+    source : Value or Tape
+        A Tape (every row) or a Value (its ancestors).
+    path : str or os.PathLike
+        The DOT file to write.
+    rankdir : str, default "LR"
+        As for :func:`draw_dot`.
+    chunk_rows : int, default 16384
+        Rows formatted per write (>= 1).
+
+    Returns
+    -------
+    int
+        The number of rows written.
+
+    Raises
+    ------
+    TypeError
+        If ``source`` is not a Value or Tape, ``path`` not a path, or ``chunk_rows``
+        not an int.
+    ValueError
+        If ``rankdir`` is not a choice of :func:`draw_dot` or ``chunk_rows`` < 1.
     """
     _check_choice("rankdir", rankdir, _RANKDIRS)
     _check_int("chunk_rows", chunk_rows, minimum=1)
