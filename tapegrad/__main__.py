@@ -719,7 +719,7 @@ def _check_plot(path: str) -> None:
         raise UsageError(f"--plot writes {', '.join(_PLOT_FORMATS)} files, got {path!r}")
     if importlib.util.find_spec("matplotlib") is None:
         raise UsageError("--plot needs matplotlib, which is not installed: "
-                         "pip install matplotlib (or pip install -e '.[examples]')")
+                         'pip install matplotlib (or pip install "tapegrad[examples]")')
 
 
 def _plot(path: str | Path, stats: TapeStats, summary: dict[str, Any], title: str) -> None:
@@ -805,7 +805,7 @@ def _check_dot(path: str) -> None:
         raise UsageError(f"--dot writes {', '.join(viz.SAVE_FORMATS)} files, got {path!r}")
     if importlib.util.find_spec("pydot") is None:
         raise UsageError("--dot needs pydot, which is not installed: pip install pydot "
-                         "(or pip install -e '.[viz]')")
+                         '(or pip install "tapegrad[viz]")')
     if fmt != "dot" and shutil.which("dot") is None:
         raise UsageError(f"--dot {path!r} renders with Graphviz's 'dot' program, which is "
                          "not on PATH; install Graphviz or write a .dot file")

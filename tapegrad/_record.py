@@ -39,7 +39,7 @@ def new_value(t: Rows, row: int, level: int) -> Any:
     blk = t.block_of(row)
     v = object.__new__(_facade)
     v._b = blk
-    v._o = row - blk.base
+    v._o = row + blk.shift
     v._l = level
     return v
 
@@ -102,8 +102,8 @@ def _row_on(t: Rows, v: Any) -> int:
     """Row of Value ``v`` on ``t``: its own, or a mirror row if it is a leaf from elsewhere."""
     blk = v._b
     if blk.rows is t:
-        return blk.base + v._o
-    return t.link(v, blk.base + v._o)
+        return v._o - blk.shift
+    return t.link(v, v._o - blk.shift)
 
 
 def record_general(op: Op, a: Any, b: Any = None, reflected: bool = False,
@@ -149,10 +149,9 @@ def record_general(op: Op, a: Any, b: Any = None, reflected: bool = False,
             f"detect_anomaly: {op.name} produced {out} while recording row {t.size} of tape "
             f"{t.name!r}{where}; operands {operands}")
     r = t.append(op.code, i, j, const, out, level)
-    blk, base = t.current_block()
     v = object.__new__(_facade)
-    v._b = blk
-    v._o = r - base
+    v._b = t.cur                    # the block rows are appended to never moved yet
+    v._o = r
     v._l = level
     return v
 
@@ -177,8 +176,8 @@ def binary(op: Op, mirrored: bool = False) -> Callable[[Any, Any], Any]:
             r = t.count
             if bb.rows is t and r < t.limit and (la or lb or t.cur_tid == get_ident()):
                 vals = t.vals
-                i = ba.base + a._o
-                j = bb.base + b._o
+                i = a._o - ba.shift
+                j = b._o - bb.shift
                 x = vals[i]
                 y = vals[j]
                 try:
@@ -191,7 +190,7 @@ def binary(op: Op, mirrored: bool = False) -> Callable[[Any, Any], Any]:
                 t.stage += (code, i, j, 0.0, level)
                 v = new(_facade)
                 v._b = t.cur
-                v._o = r - t.cur_base
+                v._o = r
                 v._l = level
                 return v
         elif type(b) is float or (type(b) is int and -_EXACT <= b <= _EXACT):
@@ -199,7 +198,7 @@ def binary(op: Op, mirrored: bool = False) -> Callable[[Any, Any], Any]:
             r = t.count
             if r < t.limit and (la or t.cur_tid == get_ident()):
                 vals = t.vals
-                i = ba.base + a._o
+                i = a._o - ba.shift
                 x = vals[i]
                 y = float(b)
                 try:
@@ -212,7 +211,7 @@ def binary(op: Op, mirrored: bool = False) -> Callable[[Any, Any], Any]:
                 t.stage += (code, i, -1, y, level)
                 v = new(_facade)
                 v._b = t.cur
-                v._o = r - t.cur_base
+                v._o = r
                 v._l = level
                 return v
         return record_general(op, a, b, False, mirrored)
@@ -239,7 +238,7 @@ def reflected(op: Op) -> Callable[[Any, Any], Any]:
             r = t.count
             if r < t.limit and (la or t.cur_tid == get_ident()):
                 vals = t.vals
-                j = ba.base + a._o
+                j = a._o - ba.shift
                 x = float(b)
                 y = vals[j]
                 try:
@@ -252,7 +251,7 @@ def reflected(op: Op) -> Callable[[Any, Any], Any]:
                 t.stage += (code, -1, j, x, level)
                 v = new(_facade)
                 v._b = t.cur
-                v._o = r - t.cur_base
+                v._o = r
                 v._l = level
                 return v
         return record_general(op, a, b, True)
@@ -277,7 +276,7 @@ def unary(op: Op) -> Callable[[Any], Any]:
         r = t.count
         if r < t.limit and (la or t.cur_tid == get_ident()):
             vals = t.vals
-            i = ba.base + a._o
+            i = a._o - ba.shift
             x = vals[i]
             try:
                 out = scalar(x, 0.0)
@@ -289,7 +288,7 @@ def unary(op: Op) -> Callable[[Any], Any]:
             t.stage += (code, i, -1, 0.0, level)
             v = new(_facade)
             v._b = t.cur
-            v._o = r - t.cur_base
+            v._o = r
             v._l = level
             return v
         return record_general(op, a)
@@ -321,7 +320,6 @@ def record_leaf(v: Any, x: float, label: str) -> None:
     r = t.append(LEAF.code, -1, -1, 0.0, x, 0)
     if label:
         t.set_label(r, label)
-    blk, base = t.current_block()
-    v._b = blk
-    v._o = r - base
+    v._b = t.cur
+    v._o = r
     v._l = 0

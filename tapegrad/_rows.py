@@ -75,16 +75,21 @@ class Columns(NamedTuple):
 
 
 class Block:
-    """Consecutive rows of one tape, starting at row ``base``; what a Value refers to."""
+    """Consecutive rows of one tape; what a Value refers to.
 
-    __slots__ = ("rows", "base")
+    A Value keeps the row number its row had when the block was made (``_o``); the
+    block's ``shift`` counts how far compactions have moved the block down since, so
+    the row is ``_o - shift``. The block rows are appended to has shift 0, so a new
+    Value's number is just its row."""
 
-    def __init__(self, rows: Rows, base: int) -> None:
+    __slots__ = ("rows", "shift")
+
+    def __init__(self, rows: Rows) -> None:
         self.rows = rows
-        self.base = base
+        self.shift = 0
 
     def __repr__(self) -> str:
-        return f"<block of {self.rows.name!r} at row {self.base}>"
+        return f"<block of {self.rows.name!r}, moved down {self.shift} rows>"
 
 
 class Rows:
@@ -133,7 +138,7 @@ class Rows:
         self._dropped = 0                       # rows freed by compaction so far
         self._plans: dict[Any, Any] = {}        # compiled plans, by (kind, epoch, ...)
         self._replayed = 0                      # rows covered by the last forward()
-        self.cur = Block(self, 0)              # the block rows are appended to
+        self.cur = Block(self)                  # the block rows are appended to
         self.cur_base = 0                            # ... and its base
         self._blocks: list[Block] = [self.cur]
         self._bases: list[int] = [0]
@@ -251,7 +256,7 @@ class Rows:
                 self.limit = self._room
 
     def _new_block(self) -> None:
-        self.cur = Block(self, self.count)
+        self.cur = Block(self)
         self.cur_base = self.count
         self._blocks.append(self.cur)
         self._bases.append(self.count)
@@ -306,10 +311,6 @@ class Rows:
         self.count = r + 1
         self.stage += (code, i, j, c, level)
         return r
-
-    def current_block(self) -> tuple[Block, int]:
-        """The block new rows go to and its base (valid until the next append)."""
-        return self.cur, self.cur_base
 
     def block_of(self, row: int) -> Block:
         """The block holding ``row``."""
@@ -565,7 +566,7 @@ class Rows:
 
         def packed(start: int, stop: int) -> None:
             for b in range(start, stop, BLOCK_ROWS):
-                blocks.append(Block(self, b))
+                blocks.append(Block(self))
                 new_bases.append(b)
 
         kept_before = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))
@@ -576,13 +577,16 @@ class Rows:
                 continue
             base = int(kept_before[old_bases[k]])   # a live block's rows are all kept
             packed(pos, base)
-            blk.base = base
+            blk.shift += old_bases[k] - base
             blocks.append(blk)
             new_bases.append(base)
             pos = int(kept_before[ends[k]])
         packed(pos, kept)
+        if blocks and blocks[-1] is self.cur:          # (empty: it was started above)
+            blocks.pop()
+            new_bases.pop()
         self._blocks, self._bases = blocks, new_bases
-        self.cur_base = self.cur.base
+        self._new_block()                             # new rows: a block never moved
 
     def _renumber_scopes(self, keep: np.ndarray, n: int) -> None:
         kept_before = np.concatenate(([0], np.cumsum(keep)))
@@ -630,7 +634,7 @@ class Rows:
         self._mark_ids = data["mark_ids"].astype(int).tolist()
         self._blocks, self._bases = [], []
         for b in range(0, n, BLOCK_ROWS):
-            self._blocks.append(Block(self, b))
+            self._blocks.append(Block(self))
             self._bases.append(b)
         self._new_block()
         self.set_limit()

@@ -58,7 +58,7 @@ class Value:
     __array_ufunc__ = None   # numpy scalars and arrays defer to Value's reflected ops
 
     _b: Block   # the block of rows this Value's row is in (it keeps them alive)
-    _o: int     # the row's offset in the block
+    _o: int     # the row's number when the block was made (row = _o - _b.shift)
     _l: int     # level of the row (0 for leaves)
 
     def __init__(self, data: float, label: str = "") -> None:
@@ -77,12 +77,12 @@ class Value:
         (:meth:`Tape.forward`); Values computed before keep their values until then.
         """
         b = self._b
-        return b.rows.value(b.base + self._o)
+        return b.rows.value(self._o - b.shift)
 
     @data.setter
     def data(self, x: float) -> None:
         b = self._b
-        b.rows.set_value(b.base + self._o, as_number(x, "Value.data"))
+        b.rows.set_value(self._o - b.shift, as_number(x, "Value.data"))
 
     @property
     def grad(self) -> float:
@@ -92,25 +92,25 @@ class Value:
         ``zero_grad``) between steps.
         """
         b = self._b
-        return b.rows.grad(b.base + self._o)
+        return b.rows.grad(self._o - b.shift)
 
     @grad.setter
     def grad(self, g: float) -> None:
         b = self._b
-        b.rows.set_grad(b.base + self._o, as_number(g, "Value.grad"))
+        b.rows.set_grad(self._o - b.shift, as_number(g, "Value.grad"))
 
     @property
     def label(self) -> str:
         """A name shown in pictures and dumps, a str (``""`` when none; settable)."""
         b = self._b
-        return b.rows.label(b.base + self._o)
+        return b.rows.label(self._o - b.shift)
 
     @label.setter
     def label(self, text: str) -> None:
         if not isinstance(text, str):
             raise TypeError(f"label must be a str, got {type(text).__name__}")
         b = self._b
-        b.rows.set_label(b.base + self._o, text)
+        b.rows.set_label(self._o - b.shift, text)
 
     @property
     def tape(self) -> Tape:
@@ -126,7 +126,7 @@ class Value:
         """
         b = self._b
         b.rows.check_alive()
-        return b.base + self._o
+        return self._o - b.shift
 
     @property
     def level(self) -> int:
@@ -220,14 +220,14 @@ class Value:
         """The Values this one was computed from (constants are immediates, not Values)."""
         b = self._b
         t = b.rows
-        _, i, j, _ = t.row(b.base + self._o)
+        _, i, j, _ = t.row(self._o - b.shift)
         return {_record.new_value(t, r, t.level(r)) for r in {i, j} if r >= 0}
 
     @property
     def _op(self) -> str:
         """The op that produced this Value, as micrograd names it (``""`` for leaves)."""
         b = self._b
-        op, i, j, c = b.rows.row(b.base + self._o)
+        op, i, j, c = b.rows.row(self._o - b.shift)
         if op is ops.POW and j < 0:
             return f"**{c:g}"
         return op.symbol
