@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from _thread import get_ident
 from collections.abc import Callable
 from typing import Any
@@ -118,6 +119,8 @@ def record_general(op: Op, a: Any, b: Any = None, reflected: bool = False,
         values = [a]
     elif isinstance(b, _facade):
         values = [a, b]
+    elif isinstance(b, np.ndarray):
+        return _elementwise(op, a, b, reflected or mirrored)
     else:
         try:
             const = as_number(b, "the other operand")
@@ -154,6 +157,20 @@ def record_general(op: Op, a: Any, b: Any = None, reflected: bool = False,
     v._o = r
     v._l = level
     return v
+
+
+_OPERATORS = {"add": operator.add, "sub": operator.sub, "mul": operator.mul,
+              "div": operator.truediv, "pow": operator.pow, "lt": operator.lt,
+              "le": operator.le, "gt": operator.gt, "ge": operator.ge}
+
+
+def _elementwise(op: Op, a: Any, array: np.ndarray, array_first: bool) -> Any:
+    """``a <op> array`` (or ``array <op> a``) element by element, as NumPy does for
+    micrograd's Value: an object array of Values (bools for comparisons)."""
+    fn = _OPERATORS[op.name]
+    if array_first:
+        return np.frompyfunc(lambda x: fn(x, a), 1, 1)(array)
+    return np.frompyfunc(lambda x: fn(a, x), 1, 1)(array)
 
 
 def binary(op: Op, mirrored: bool = False) -> Callable[[Any, Any], Any]:
@@ -218,6 +235,7 @@ def binary(op: Op, mirrored: bool = False) -> Callable[[Any, Any], Any]:
 
     method.__name__ = f"__r{op.name}__" if mirrored else f"__{op.name}__"
     method.__qualname__ = f"Value.{method.__name__}"
+    method.__module__ = "tapegrad.engine"     # where pickle finds it
     method.__doc__ = (f"Record ``other {op.symbol} self`` as one row ({op.name}, commutative)."
                       if mirrored else f"Record ``self {op.symbol} other`` as one row ({op.name}).")
     return method
@@ -258,6 +276,7 @@ def reflected(op: Op) -> Callable[[Any, Any], Any]:
 
     method.__name__ = f"__r{op.name}__"
     method.__qualname__ = f"Value.{method.__name__}"
+    method.__module__ = "tapegrad.engine"     # where pickle finds it
     method.__doc__ = f"Record ``other {op.symbol} self`` as one row ({op.name})."
     return method
 
@@ -295,6 +314,7 @@ def unary(op: Op) -> Callable[[Any], Any]:
 
     method.__name__ = op.name
     method.__qualname__ = f"Value.{op.name}"
+    method.__module__ = "tapegrad.engine"
     method.__doc__ = f"Record ``{op.name}(self)`` as one row."
     return method
 
@@ -305,10 +325,13 @@ def compare(op: Op) -> Callable[[Any, Any], bool]:
 
     def method(a, b):
         out = record(a, b)
+        if type(out) is not _facade:    # an array operand: an object array of bools
+            return out
         return out.data != 0.0
 
     method.__name__ = f"__{op.name}__"
     method.__qualname__ = f"Value.{method.__name__}"
+    method.__module__ = "tapegrad.engine"     # where pickle finds it
     method.__doc__ = (f"``self {op.symbol} other`` as a bool, recorded as a guard that a "
                       "replay checks.")
     return method

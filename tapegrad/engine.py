@@ -54,7 +54,8 @@ class Value:
     6.0 1.0 9.0
     """
 
-    __slots__ = ("_b", "_o", "_l")
+    # "__dict__": attributes of your own (``p.velocity = 0.0``); made only when used
+    __slots__ = ("_b", "_o", "_l", "__dict__")
     __array_ufunc__ = None   # numpy scalars and arrays defer to Value's reflected ops
 
     _b: Block   # the block of rows this Value's row is in (it keeps them alive)
@@ -234,6 +235,39 @@ class Value:
 
     def __repr__(self) -> str:
         return f"Value(data={self.data}, grad={self.grad})"
+
+    # -- copies and pickles: leaves only (PyTorch's rule) ----------------------------------
+
+    def _leaf_state(self, what: str) -> tuple[float, float, str, dict]:
+        if self._l:
+            raise RuntimeError(
+                f"only leaf Values (made with Value(x)) support {what}: this one was "
+                f"computed by {self._op!r} at row {self.row} of tape {self.tape.name!r}; "
+                "make a new leaf from its data instead: Value(v.data)")
+        return self.data, self.grad, self.label, dict(getattr(self, "__dict__", {}))
+
+    def __copy__(self) -> Value:
+        """A new, independent leaf on the current tape with this leaf's data and grad."""
+        return _leaf(*self._leaf_state("copy"))
+
+    def __deepcopy__(self, memo: dict) -> Value:
+        data, grad, label, attrs = self._leaf_state("deepcopy")
+        import copy
+        return _leaf(data, grad, label, copy.deepcopy(attrs, memo))
+
+    def __reduce__(self) -> tuple:
+        """Pickles a leaf as its data, grad, label and attributes; unpickling records a
+        new leaf on the current tape."""
+        return _leaf, self._leaf_state("pickling")
+
+
+def _leaf(data: float, grad: float, label: str, attrs: dict) -> Value:
+    """A new leaf with ``data``, ``grad``, ``label`` and attributes (copies, unpickling)."""
+    v = Value(data, label)
+    v.grad = grad
+    if attrs:
+        v.__dict__.update(attrs)
+    return v
 
 
 _record.register_facade(Value)

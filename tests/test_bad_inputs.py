@@ -122,6 +122,11 @@ BAD_OPERANDS = {
 }
 TYPE_NAME = {"str": "str", "None": "NoneType", "list": "list", "complex": "complex",
              "ndarray": "ndarray", "dict": "dict"}
+# as operands, arrays broadcast element by element (as with micrograd's Value): an array
+# of strings fails on its first element, named by that element's type
+BAD_OPERANDS_OF_OPS = {**{k: v for k, v in BAD_OPERANDS.items() if k != "ndarray"},
+                       "ndarray of str": np.array(["x", "y"])}
+TYPE_NAME["ndarray of str"] = "str"
 ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul,
               "/": operator.truediv, "**": operator.pow}
 COMPARISON = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
@@ -130,7 +135,7 @@ MIRROR = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}   # what Python calls for 
 
 def _operand_cases() -> list[Case]:
     cases = []
-    for name, bad in BAD_OPERANDS.items():
+    for name, bad in BAD_OPERANDS_OF_OPS.items():
         t = TYPE_NAME[name]
         why = "; complex numbers are not supported" if name == "complex" else ""
         got = rf"expected a Value or a real number, got .*\({t}\){re.escape(why)}$"
@@ -218,7 +223,7 @@ CASES = _constructor_cases() + [
          r"property 'tape' of 'Value' object has no setter"),
     Case("Value.row = ...", lambda: setattr(leaf(), "row", 0), AttributeError,
          r"property 'row' of 'Value' object has no setter"),
-    Case("Value.anything = ...", lambda: setattr(leaf(), "anything", 0), AttributeError,
+    Case("Value.anything (never set)", lambda: leaf().anything, AttributeError,
          r"'Value' object has no attribute 'anything'"),
     Case("Value._op = ...", lambda: setattr(leaf(), "_op", "+"), AttributeError, r"_op"),
     # -- non-leaf Values of two tapes ----------------------------------------------------
