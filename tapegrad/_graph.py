@@ -202,21 +202,6 @@ def runs(pred: np.ndarray, min_length: int) -> list[np.ndarray]:
     return [members[a: b + 1] for a, b in zip(starts[long].tolist(), stops[long].tolist())]
 
 
-def single_reader_links(x: np.ndarray, y: np.ndarray, member: np.ndarray,
-                        fan: np.ndarray, allowed_y: np.ndarray | None = None) -> np.ndarray:
-    """``pred`` for :func:`chains`: row ``i`` (a ``member``) continues the path of its
-    operand ``x[i]`` (else ``y[i]``, where ``allowed_y``) when that operand is a member
-    read by nobody else (``fan == 1``). ``x``/``y`` index ``member`` and ``fan``."""
-    n = x.size
-    pred = np.full(member.size, -1, np.int64)
-    for operand, allowed in ((x, None), (y, allowed_y)):
-        ok = member[:n] & (pred[:n] < 0) & member[operand] & (fan[operand] == 1)
-        if allowed is not None:
-            ok &= allowed
-        pred[:n][ok] = operand[ok]
-    return pred
-
-
 def longest_chain(a0: np.ndarray, a1: np.ndarray, n: int) -> int:
     """Rows in the longest path where each row is the only operand use of the one before
     (0 for an empty tape)."""

@@ -104,7 +104,7 @@ def _row_on(t: Rows, v: Any) -> int:
     blk = v._b
     if blk.rows is t:
         return v._o - blk.shift
-    return t.link(v, v._o - blk.shift)
+    return t.link(v)
 
 
 def record_general(op: Op, a: Any, b: Any = None, reflected: bool = False,

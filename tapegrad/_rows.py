@@ -44,7 +44,7 @@ from . import _context, _graph
 from .ops import GUARDS, LEAF, OPS, Op
 
 _STAGE_ROWS = 4096          # rows staged in Python lists between flushes
-_STAGE_WIDTH = 5            # staged fields per row: opcode, arg0, arg1, const, level
+STAGE_WIDTH = 5             # staged fields per row: opcode, arg0, arg1, const, level
 BLOCK_ROWS = 256            # rows per block: a live Value keeps at most this many others
 _FIRST_CAPACITY = 1024
 _COLUMNS = {"_op": np.int8, "_a0": np.int32, "_a1": np.int32, "_c": np.float64,
@@ -284,7 +284,7 @@ class Rows:
         for k, (col, code) in enumerate((("_op", "b"), ("_a0", "i"), ("_a1", "i"),
                                          ("_c", "d"), ("_lv", "i"))):
             block = array.array(code)
-            block.fromlist(s[k::_STAGE_WIDTH])
+            block.fromlist(s[k::STAGE_WIDTH])
             getattr(self, col)[a:b] = np.frombuffer(block, dtype=getattr(self, col).dtype)
         s.clear()
         self._flushed = b
@@ -316,9 +316,9 @@ class Rows:
         """The block holding ``row``."""
         return self._blocks[bisect.bisect_right(self._bases, row) - 1]
 
-    def link(self, leaf: Any, home_row: int) -> int:
-        """Row on this tape that mirrors ``leaf``, a leaf Value homed on another tape
-        at ``home_row`` there; its data is copied over now and before each backward."""
+    def link(self, leaf: Any) -> int:
+        """Row on this tape that mirrors ``leaf``, a leaf Value homed on another tape;
+        its data is copied over now and before each backward."""
         value = leaf.data
         row = self._links.get(leaf)
         if row is None:
@@ -458,9 +458,6 @@ class Rows:
                                    memoryview(self._g))
         opv, a0v, a1v, cv, gv = views
         return self.stage, self._flushed, opv, a0v, a1v, cv, self.vals, gv
-
-    def values_of(self, rows: np.ndarray) -> np.ndarray:
-        return self._val[rows]
 
     def set_values(self, rows: np.ndarray, values: np.ndarray) -> None:
         self._val[rows] = values

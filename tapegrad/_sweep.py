@@ -30,7 +30,7 @@ import numpy as np
 
 from . import _graph
 from ._plan import Backward, Plan
-from ._rows import Columns, Rows
+from ._rows import STAGE_WIDTH, Columns, Rows
 from .ops import OPS
 
 __all__ = ["Timing", "Columns", "backward", "SMALL_ROWS"]
@@ -95,7 +95,7 @@ def _small(t: Rows, root: int, limit: int, anomaly: bool) -> int:
         if r in spec:
             continue
         if r >= f:
-            k = (r - f) * 5
+            k = (r - f) * STAGE_WIDTH
             code, i, j, c = stage[k], stage[k + 1], stage[k + 2], stage[k + 3]
         else:
             code, i, j, c = opv[r], a0v[r], a1v[r], cv[r]
