@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _graph
+from . import _graph, ops
 from ._plan import Backward, Plan
 from ._rows import STAGE_WIDTH, Columns, Rows
 from .ops import OPS
@@ -82,71 +82,94 @@ def backward(t: Rows, root: int, anomaly: bool = False,
 
 
 def _small(t: Rows, root: int, limit: int, anomaly: bool) -> int:
-    """Backward of a small graph row by row with the ops' scalar partials: a
-    depth-first walk collects the root's ancestors (reading staged rows where they
-    are: no flush, no NumPy call), then they are swept from the highest row down.
-    Returns the non-leaf rows swept, or -1 (nothing written) when the root has more
-    than ``limit`` ancestors."""
+    """Backward of a small graph row by row with the ops' scalar partials.
+
+    Rows are visited from the root downwards; a row takes part when it has received
+    an adjoint, and the walk ends when no non-leaf row is waiting (so rows of other
+    graphs in between are only skipped, and leaves below the graph are never read).
+    Staged rows are read where they are: no flush, no NumPy call. ``+ - * neg relu
+    tanh`` have their partials written out here (``tests/test_record.py`` checks them
+    against the op table); the other ops call their scalar rule. Returns the non-leaf
+    rows swept, or -1 (nothing written) after ``limit`` non-leaf rows or ``4 * limit``
+    rows visited."""
     stage, f, opv, a0v, a1v, cv, vv, gv = t.row_views()
-    spec: dict[int, tuple | None] = {}
-    stack = [root]
-    while stack:
-        r = stack.pop()
-        if r in spec:
+    adj = {root: 1.0}
+    get = adj.get
+    pop = adj.pop
+    inner = []
+    pending = 0 if (opv[root] if root < f else stage[(root - f) * STAGE_WIDTH]) == 0 else 1
+    r = root
+    stop = max(root - 4 * limit, -1)
+    while pending:
+        if r <= stop or len(inner) >= limit:
+            return -1
+        g = pop(r, None)
+        if g is None:
+            r -= 1
             continue
         if r >= f:
             k = (r - f) * STAGE_WIDTH
             code, i, j, c = stage[k], stage[k + 1], stage[k + 2], stage[k + 3]
         else:
             code, i, j, c = opv[r], a0v[r], a1v[r], cv[r]
-        if code == 0:
-            spec[r] = None                     # a leaf
+        if code == 0:                          # a leaf inside the graph's rows
+            adj[r] = g                         # (collected with the others below)
+            r -= 1
             continue
-        spec[r] = (code, i, j, c)
-        if len(spec) > limit:
-            return -1
-        if i >= 0:
-            stack.append(i)
-        if j >= 0:
-            stack.append(j)
-    adj = {root: 1.0}
-    get = adj.get
-    leaves = {}
-    inner = []
-    for r in sorted(spec, reverse=True):
-        g = adj[r]
-        s = spec[r]
-        if s is None:
-            leaves[r] = g
-            continue
+        pending -= 1
         inner.append((r, g))
-        code, i, j, c = s
-        rule = _SCALAR_PARTIALS[code]
-        if rule is None:                       # a guard: nothing flows through it
-            continue
-        x = vv[i] if i >= 0 else c
-        y = vv[j] if j >= 0 else c
-        try:
-            d0, d1 = rule(x, y, vv[r])
-        except (ArithmeticError, ValueError):
-            d0, d1 = OPS[code].local(x, y, vv[r])
-        if anomaly:
-            _check_scalar(t, r, OPS[code], i, j, d0, d1, g)
-        if i >= 0:
-            adj[i] = get(i, 0.0) + d0 * g
-        if j >= 0:
-            adj[j] = get(j, 0.0) + d1 * g
+        if anomaly or code not in _INLINE:
+            rule = _SCALAR_PARTIALS[code]
+            if rule is None:                   # a guard: nothing flows through it
+                r -= 1
+                continue
+            x = vv[i] if i >= 0 else c
+            y = vv[j] if j >= 0 else c
+            try:
+                d0, d1 = rule(x, y, vv[r])
+            except (ArithmeticError, ValueError):
+                d0, d1 = OPS[code].local(x, y, vv[r])
+            if anomaly:
+                _check_scalar(t, r, OPS[code], i, j, d0, d1, g)
+        elif code == _ADD:
+            d0 = d1 = 1.0
+        elif code == _MUL:
+            d0 = vv[j] if j >= 0 else c
+            d1 = vv[i] if i >= 0 else c
+        elif code == _SUB:
+            d0, d1 = 1.0, -1.0
+        elif code == _RELU:
+            d0, d1 = (1.0 if vv[r] > 0 else 0.0), 0.0
+        elif code == _TANH:
+            o = vv[r]
+            d0, d1 = 1.0 - o * o, 0.0
+        else:                                  # neg
+            d0, d1 = -1.0, 0.0
+        for a, d in ((i, d0), (j, d1)):
+            if a < 0:
+                continue
+            old = get(a)
+            if old is None:
+                adj[a] = d * g
+                if (opv[a] if a < f else stage[(a - f) * STAGE_WIDTH]) != 0:
+                    pending += 1               # a non-leaf row to visit later
+            else:
+                adj[a] = old + d * g
+        r -= 1
     for r, g in inner:
         gv[r] = g
     if t.has_links():
-        _leaf_shares(t, leaves)
+        _leaf_shares(t, adj)
     else:
-        for r, g in leaves.items():
+        for r, g in adj.items():
             gv[r] += g
     return len(inner)
 
 
 _SCALAR_PARTIALS = tuple(op.scalar_partials for op in OPS)
+_ADD, _SUB, _MUL, _NEG, _RELU, _TANH = (ops.BY_NAME[n].code
+                                       for n in ("add", "sub", "mul", "neg", "relu", "tanh"))
+_INLINE = frozenset((_ADD, _SUB, _MUL, _NEG, _RELU, _TANH))
 
 
 def _check_scalar(t: Rows, r: int, op: Any, i: int, j: int, d0: float, d1: float,
