@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import weakref
 from _thread import get_ident
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +43,25 @@ def new_value(t: Rows, row: int, level: int) -> Any:
     v._b = blk
     v._o = row + blk.shift
     v._l = level
+    return v
+
+
+def facade_for(t: Rows, row: int) -> Any:
+    """The Value for ``row`` of ``t`` that graph walks see: while one handed out before
+    is alive, the same object (so walkers that collect ``_prev`` in sets, or name nodes
+    by ``id()``, see each row once), else a new one."""
+    blk = t.block_of(row)
+    cache = blk.facades
+    if cache is None:
+        cache = blk.facades = weakref.WeakValueDictionary()
+    o = row + blk.shift
+    v = cache.get(o)
+    if v is None:
+        v = object.__new__(_facade)
+        v._b = blk
+        v._o = o
+        v._l = t.level(row)
+        cache[o] = v
     return v
 
 

@@ -82,11 +82,12 @@ class Block:
     the row is ``_o - shift``. The block rows are appended to has shift 0, so a new
     Value's number is just its row."""
 
-    __slots__ = ("rows", "shift")
+    __slots__ = ("rows", "shift", "facades")
 
     def __init__(self, rows: Rows) -> None:
         self.rows = rows
         self.shift = 0
+        self.facades: Any = None    # weak cache of the Values ``_prev`` handed out
 
     def __repr__(self) -> str:
         return f"<block of {self.rows.name!r}, moved down {self.shift} rows>"

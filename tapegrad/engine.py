@@ -8,6 +8,8 @@ data, the gradient and the graph live on the tape.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from . import _record, ops
 from ._record import as_number, binary, compare, reflected, unary
 from ._rows import Block
@@ -55,7 +57,7 @@ class Value:
     """
 
     # "__dict__": attributes of your own (``p.velocity = 0.0``); made only when used
-    __slots__ = ("_b", "_o", "_l", "__dict__")
+    __slots__ = ("_b", "_o", "_l", "__dict__", "__weakref__")
     __array_ufunc__ = None   # numpy scalars and arrays defer to Value's reflected ops
 
     _b: Block   # the block of rows this Value's row is in (it keeps them alive)
@@ -176,7 +178,17 @@ class Value:
     __le__ = compare(ops.LE)
     __gt__ = compare(ops.GT)
     __ge__ = compare(ops.GE)
-    __hash__ = object.__hash__   # identity, as in micrograd (== stays identity too)
+
+    # -- identity: a Value is its row (micrograd: the object), so that the Values ``_prev``
+    # returns compare equal to, and hash like, the ones the user holds
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Value):
+            return self._b is other._b and self._o == other._o
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((id(self._b), self._o))
 
     def pow(self, k: Value | float) -> Value:
         """``self ** k`` (micrograd's spelling in some notebooks).
@@ -218,11 +230,37 @@ class Value:
 
     @property
     def _prev(self) -> set[Value]:
-        """The Values this one was computed from (constants are immediates, not Values)."""
+        """The Values this one was computed from (constants are immediates, not Values).
+
+        They equal (and hash like) the Values you hold for those rows, and repeated
+        calls give the same objects while they are alive, so micrograd-style graph
+        walkers (``build_topo`` with a ``visited`` set, ``trace`` naming nodes by
+        ``id``) see each node once."""
         b = self._b
         t = b.rows
         _, i, j, _ = t.row(self._o - b.shift)
-        return {_record.new_value(t, r, t.level(r)) for r in {i, j} if r >= 0}
+        return {_record.facade_for(t, r) for r in (i, j) if r >= 0}
+
+    @property
+    def _backward(self) -> Callable[[], None]:
+        """micrograd's per-node step: ``v._backward()`` adds ``v.grad`` times this row's
+        local partials to its operands' ``.grad`` (manual backprop, node by node)."""
+        b = self._b
+        t = b.rows
+        row = self._o - b.shift
+
+        def step() -> None:
+            op, i, j, c = t.row(row)
+            if op.partials is None:             # a leaf or a guard: nothing flows on
+                return
+            x = t.value(i) if i >= 0 else c
+            y = t.value(j) if j >= 0 else c
+            d0, d1 = op.local(x, y, t.value(row))
+            g = t.grad(row)
+            for arg, d in ((i, d0), (j, d1)):
+                if arg >= 0:
+                    t.set_grad(arg, t.grad(arg) + d * g)
+        return step
 
     @property
     def _op(self) -> str:

@@ -97,3 +97,73 @@ def test_object_array_matrix_products_differentiate():
     y.sum().backward()
     assert (x[0].grad, x[1].grad) == (4.0, 6.0)
     assert [w.grad for w in W.ravel()] == [1.0, -1.0, 1.0, -1.0]
+
+
+def walk(root):
+    """A micrograd-style graph walker (as micrograd's trace_graph notebook writes one):
+    a set of visited nodes, edges as (child, parent) pairs."""
+    nodes, edges = set(), set()
+
+    def build(v):
+        if v not in nodes:
+            nodes.add(v)
+            for child in v._prev:
+                edges.add((child, v))
+                build(child)
+    build(root)
+    return nodes, edges
+
+
+def test_prev_returns_the_values_the_user_holds():
+    a, b = Value(2.0), Value(3.0)
+    c = a * b
+    assert a in c._prev and b in c._prev
+    assert c._prev == c._prev
+    assert {id(v) for v in c._prev} == {id(v) for v in c._prev}   # the same objects
+    d = c * (a + b)                            # the lecture's diamond: 5 nodes, not 7
+    nodes, edges = walk(d)
+    assert len(nodes) == 5 and len(edges) == 6
+    assert c in nodes and a in nodes
+
+
+def test_graph_walkers_count_micrographs_nodes_and_edges():
+    import micrograd.engine
+    import micrograd.nn
+
+    random.seed(0)
+    ours = MLP(2, [8, 8, 8, 8, 1])([Value(1.0), Value(-2.0)])
+    random.seed(0)
+    theirs = micrograd.nn.MLP(2, [8, 8, 8, 8, 1])([micrograd.engine.Value(1.0),
+                                                     micrograd.engine.Value(-2.0)])
+    n, e = walk(ours)
+    n2, e2 = walk(theirs)
+    assert (len(n), len(e)) == (len(n2), len(e2)) == (715, 896)
+    # node names by id() are consistent: every edge joins two collected nodes
+    ids = {id(v) for v in n}
+    assert all(id(x) in ids and id(y) in ids for x, y in e)
+
+
+def test_manual_backprop_node_by_node_equals_backward():
+    """The lecture's manual backprop: o.grad = 1, then _backward() in reverse topological
+    order (a build_topo with a visited set)."""
+    x1, x2, w1, w2, b = Value(2.0), Value(0.0), Value(-3.0), Value(1.0), Value(6.8813735870)
+    o = (x1 * w1 + x2 * w2 + b).tanh()
+    topo, visited = [], set()
+
+    def build_topo(v):
+        if v not in visited:
+            visited.add(v)
+            for child in v._prev:
+                build_topo(child)
+            topo.append(v)
+    build_topo(o)
+    o.grad = 1.0
+    for v in reversed(topo):
+        v._backward()
+    manual = [v.grad for v in (x1, x2, w1, w2, b)]
+    for v in (x1, x2, w1, w2, b):
+        v.grad = 0.0
+    o2 = (x1 * w1 + x2 * w2 + b).tanh()
+    o2.backward()
+    assert manual == pytest.approx([v.grad for v in (x1, x2, w1, w2, b)], rel=1e-12)
+    assert manual[0] == pytest.approx(-1.5, rel=1e-6)      # the lecture's numbers
