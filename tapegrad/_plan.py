@@ -31,7 +31,7 @@ from time import perf_counter
 import numpy as np
 
 from . import _graph
-from .ops import ADD, GUARDS, MUL, OPS, SUB, Op
+from .ops import ADD, CUSTOM, GUARDS, MUL, OPS, SUB, Op
 
 _SUM_FAMILY = (ADD.code, SUB.code)
 _SEQUENTIAL_MIN = 64      # mixed-op chains at least this long run row by row ...
@@ -212,6 +212,13 @@ class Plan:
         leaves = np.flatnonzero((level == 0) | is_given)
         plan = cls(rows, const_values, x, y, op, level, evaluated, leaves)
         if schedule:
+            custom = evaluated[op[evaluated] == CUSTOM.code]
+            if custom.size:
+                raise ValueError(
+                    f"row {int(rows[custom[0]])} was made with Value(data, _children, _op): "
+                    "the user computed its value, so a replay cannot recompute it "
+                    "(Tape.forward, Function). Record such code again for new values, or "
+                    "build the op from tapegrad's ops")
             plan.steps = plan._schedule(cols)
         return plan
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _context
 from ._rows import Rows
-from .ops import LEAF, Op
+from .ops import CUSTOM, LEAF, Op
 
 _EXACT = 2**53              # ints up to this size convert to float64 exactly and fast
 
@@ -355,6 +355,38 @@ def compare(op: Op) -> Callable[[Any, Any], bool]:
     method.__doc__ = (f"``self {op.symbol} other`` as a bool, recorded as a guard that a "
                       "replay checks.")
     return method
+
+
+def record_custom(v: Any, x: float, children: tuple, symbol: str, label: str) -> None:
+    """Make ``v`` a row computed by the user (micrograd's ``Value(data, children, op)``):
+    value ``x``, operands ``children`` (one or two Values), gradients from the
+    ``_backward`` closure the user sets on it."""
+    if isinstance(children, str):
+        raise TypeError(f"Value(data, _children, _op): _children must be a tuple of Values, "
+                        f"got {_describe(children)}; to name a Value, pass label=...")
+    kids = tuple(children)
+    for k, c in enumerate(kids):
+        if not isinstance(c, _facade):
+            raise TypeError(f"Value(data, _children, _op): _children[{k}] must be a Value, "
+                            f"got {_describe(c)}")
+    if len(kids) > 2:
+        raise NotImplementedError(
+            f"Value(data, _children, _op) takes one or two children, got {len(kids)}: "
+            "combine them with ops first (a custom row has two operand slots)")
+    if not isinstance(symbol, str):
+        raise TypeError(f"_op must be a str, got {_describe(symbol)}")
+    t = _target(list(kids))
+    t.make_room(len(kids) + 1)
+    rows = [_row_on(t, c) for c in kids]
+    i, j = (rows + [-1])[:2]
+    level = 1 + max(c._l for c in kids)
+    r = t.append(CUSTOM.code, i, j, 0.0, x, level)
+    t.set_custom(r, symbol)
+    if label:
+        t.set_label(r, label)
+    v._b = t.cur
+    v._o = r
+    v._l = level
 
 
 def record_leaf(v: Any, x: float, label: str) -> None:

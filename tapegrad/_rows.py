@@ -106,7 +106,7 @@ class Rows:
     __slots__ = (
         "name", "owner", "count", "limit", "_room", "vals", "stage", "_flushed", "_cap",
         "_op", "_a0", "_a1", "_c", "_val", "_lv", "_low", "_g",
-        "_labels", "_links", "_link_rows", "_reclaim", "_reclaim_min", "_reclaim_at",
+        "_labels", "_custom", "_links", "_link_rows", "_reclaim", "_reclaim_min", "_reclaim_at",
         "_epoch", "_scope_names", "_scope_index", "_mark_rows", "_mark_ids", "_dropped",
         "_plans", "_replayed", "_blocks", "_bases", "cur", "cur_base", "cur_tid", "_threads",
         "_views",
@@ -126,6 +126,7 @@ class Rows:
         self.vals = memoryview(self._val)     # element access with Python floats
         self._views: tuple | None = None        # memoryviews of the other columns
         self._labels: dict[int, str] = {}
+        self._custom: dict[int, list] = {}      # custom rows: [op symbol, _backward closure]
         self._links: dict[Any, int] = {}    # leaf Value of another tape -> its row here
         self._link_rows: dict[int, Any] = {}  # ... and back
         self._reclaim = reclaim
@@ -386,6 +387,22 @@ class Rows:
         else:
             self._labels.pop(row, None)
 
+    def set_custom(self, row: int, symbol: str) -> None:
+        """Mark ``row`` (a custom row) with the op name the user gave it."""
+        self._custom[row] = [symbol, None]
+
+    def custom_symbol(self, row: int) -> str:
+        return self._custom[row][0]
+
+    def set_closure(self, row: int, fn: Any) -> None:
+        """The ``_backward`` closure of custom ``row``."""
+        self._custom[row][1] = fn
+
+    def closure(self, row: int) -> Any:
+        """The ``_backward`` closure of custom ``row`` (None when none was set)."""
+        entry = self._custom.get(row)
+        return entry[1] if entry is not None else None
+
     def labels(self) -> dict[int, str]:
         """Labels by row (a copy)."""
         return dict(self._labels)
@@ -530,6 +547,7 @@ class Rows:
         self.count = self._flushed = kept
         self._rebuild_blocks(live_k, keep, kept)
         self._labels = {int(new_index[r]): s for r, s in self._labels.items() if keep[r]}
+        self._custom = {int(new_index[r]): c for r, c in self._custom.items() if keep[r]}
         self._links = {leaf: int(new_index[r]) for leaf, r in self._links.items() if keep[r]}
         self._link_rows = {r: leaf for leaf, r in self._links.items()}
         self._renumber_scopes(keep, n)

@@ -118,6 +118,17 @@ def _small(t: Rows, root: int, limit: int, anomaly: bool) -> int:
             continue
         pending -= 1
         inner.append((r, g))
+        if code == _CUSTOM:                    # the user's closure moves the gradient
+            for a, d in _closure_shares(t, r, i, j, g, gv):
+                old = get(a)
+                if old is None:
+                    adj[a] = d
+                    if (opv[a] if a < f else stage[(a - f) * STAGE_WIDTH]) != 0:
+                        pending += 1
+                else:
+                    adj[a] = old + d
+            r -= 1
+            continue
         if anomaly or code not in _INLINE:
             rule = _SCALAR_PARTIALS[code]
             if rule is None:                   # a guard: nothing flows through it
@@ -166,7 +177,26 @@ def _small(t: Rows, root: int, limit: int, anomaly: bool) -> int:
     return len(inner)
 
 
+def _closure_shares(t: Rows, r: int, i: int, j: int, g: float,
+                    gv: memoryview) -> list[tuple[int, float]]:
+    """Run the ``_backward`` closure of custom row ``r`` (adjoint ``g``) the way
+    micrograd does, on ``.grad``, and return what it added to each operand row; the
+    operands' ``.grad`` are left as they were (the sweep writes them at the end)."""
+    fn = t.closure(r)
+    if fn is None:
+        return []
+    kids = list(dict.fromkeys(a for a in (i, j) if a >= 0))
+    before = [gv[a] for a in kids]
+    gv[r] = g
+    fn()
+    shares = [(a, gv[a] - b) for a, b in zip(kids, before)]
+    for a, b in zip(kids, before):
+        gv[a] = b
+    return shares
+
+
 _SCALAR_PARTIALS = tuple(op.scalar_partials for op in OPS)
+_CUSTOM = ops.CUSTOM.code
 _ADD, _SUB, _MUL, _NEG, _RELU, _TANH = (ops.BY_NAME[n].code
                                        for n in ("add", "sub", "mul", "neg", "relu", "tanh"))
 _INLINE = frozenset((_ADD, _SUB, _MUL, _NEG, _RELU, _TANH))
@@ -251,6 +281,8 @@ def _schedule(t: Rows, cols: Columns, root: int) -> tuple[Plan, Backward]:
 def _vectorized(t: Rows, root: int, anomaly: bool, timing: Timing | None) -> int:
     cols = t.columns()
     plan, back = _schedule(t, cols, root)
+    if (plan.op == _CUSTOM).any():             # user closures run row by row, in order
+        return _small(t, root, 1 << 62, anomaly)
     if timing is not None:
         timing.lap("interval")
     values = plan.new_values()

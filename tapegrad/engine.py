@@ -64,11 +64,15 @@ class Value:
     _o: int     # the row's number when the block was made (row = _o - _b.shift)
     _l: int     # level of the row (0 for leaves)
 
-    def __init__(self, data: float, label: str = "") -> None:
+    def __init__(self, data: float, _children: tuple = (), _op: str = "",
+                 label: str = "") -> None:
         x = as_number(data, "Value(data)")
         if not isinstance(label, str):
             raise TypeError(f"label must be a str, got {type(label).__name__}")
-        _record.record_leaf(self, x, label)
+        if _children:       # micrograd's way of adding an op: see ``_backward``
+            _record.record_custom(self, x, _children, _op, label)
+        else:
+            _record.record_leaf(self, x, label)
 
     # -- data and gradient -----------------------------------------------------------
 
@@ -244,10 +248,13 @@ class Value:
     @property
     def _backward(self) -> Callable[[], None]:
         """micrograd's per-node step: ``v._backward()`` adds ``v.grad`` times this row's
-        local partials to its operands' ``.grad`` (manual backprop, node by node)."""
+        local partials to its operands' ``.grad`` (manual backprop, node by node); for a
+        Value made with ``Value(data, children, op)``, the closure you set."""
         b = self._b
         t = b.rows
         row = self._o - b.shift
+        if t.row(row)[0] is ops.CUSTOM:
+            return t.closure(row) or _nothing
 
         def step() -> None:
             op, i, j, c = t.row(row)
@@ -262,13 +269,29 @@ class Value:
                     t.set_grad(arg, t.grad(arg) + d * g)
         return step
 
+    @_backward.setter
+    def _backward(self, fn: Callable[[], None]) -> None:
+        b = self._b
+        t = b.rows
+        row = self._o - b.shift
+        if t.row(row)[0] is not ops.CUSTOM:
+            raise ValueError("_backward can be set only on a Value made with "
+                             "Value(data, _children, _op) (micrograd's way of adding an op); "
+                             "tapegrad computes the gradients of its own ops")
+        if not callable(fn):
+            raise TypeError(f"_backward must be callable, got {type(fn).__name__}")
+        t.set_closure(row, fn)
+
     @property
     def _op(self) -> str:
         """The op that produced this Value, as micrograd names it (``""`` for leaves)."""
         b = self._b
-        op, i, j, c = b.rows.row(self._o - b.shift)
+        row = self._o - b.shift
+        op, i, j, c = b.rows.row(row)
         if op is ops.POW and j < 0:
             return f"**{c:g}"
+        if op is ops.CUSTOM:
+            return b.rows.custom_symbol(row)
         return op.symbol
 
     def __repr__(self) -> str:
@@ -301,11 +324,15 @@ class Value:
 
 def _leaf(data: float, grad: float, label: str, attrs: dict) -> Value:
     """A new leaf with ``data``, ``grad``, ``label`` and attributes (copies, unpickling)."""
-    v = Value(data, label)
+    v = Value(data, label=label)
     v.grad = grad
     if attrs:
         v.__dict__.update(attrs)
     return v
+
+
+def _nothing() -> None:
+    """micrograd's default ``_backward``: no gradient flows."""
 
 
 _record.register_facade(Value)

@@ -53,10 +53,11 @@ class Op:
     reads: str = "xyo"
     scalar_partials: Callable[[float, float, float], tuple[float, float]] | None = None
     guard: bool = False
+    custom: bool = False
 
     def __post_init__(self) -> None:
-        if self.arity and not self.guard and (self.partials is None
-                                              or self.scalar_partials is None):
+        if self.arity and not (self.guard or self.custom) and (
+                self.partials is None or self.scalar_partials is None):
             raise TypeError(f"op {self.name!r} takes operands but defines no partials "
                             "(vectorized and scalar): it would get zero gradients silently. "
                             "Give it partials, or make it a guard.")
@@ -191,8 +192,13 @@ GT = Op(18, "gt", ">", 2, lambda x, y: float(x > y),
 GE = Op(19, "ge", ">=", 2, lambda x, y: float(x >= y),
         lambda x, y: np.greater_equal(x, y).astype(np.float64), None, "", guard=True)
 
+# A row made the lecture's way, ``Value(data, (a, b), "op")``: the user computed its
+# value, and its backward is the user's ``_backward`` closure, run row by row. It has no
+# forward rule, so a tape holding one cannot be replayed.
+CUSTOM = Op(20, "custom", "?", 2, None, None, None, "", custom=True)
+
 OPS: tuple[Op, ...] = (LEAF, ADD, SUB, MUL, DIV, POW, NEG, RELU, TANH, SIGMOID,
-                       EXP, LOG, SQRT, ABS, SIN, COS, LT, LE, GT, GE)
+                       EXP, LOG, SQRT, ABS, SIN, COS, LT, LE, GT, GE, CUSTOM)
 """Every op, indexed by its code."""
 
 BY_NAME: dict[str, Op] = {op.name: op for op in OPS}

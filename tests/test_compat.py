@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import pickle
 import random
 
@@ -167,3 +168,127 @@ def test_manual_backprop_node_by_node_equals_backward():
     o2.backward()
     assert manual == pytest.approx([v.grad for v in (x1, x2, w1, w2, b)], rel=1e-12)
     assert manual[0] == pytest.approx(-1.5, rel=1e-6)      # the lecture's numbers
+
+
+# -- ops added the lecture's way: Value(data, _children, _op) and a _backward closure ---
+
+def lecture_exp(self):
+    x = self.data
+    out = Value(math.exp(x), (self,), "exp")
+
+    def _backward():
+        self.grad += out.data * out.grad
+    out._backward = _backward
+    return out
+
+
+def lecture_tanh(self):
+    x = self.data
+    t = (math.exp(2 * x) - 1) / (math.exp(2 * x) + 1)
+    out = Value(t, (self,), "tanh")
+
+    def _backward():
+        self.grad += (1 - t ** 2) * out.grad
+    out._backward = _backward
+    return out
+
+
+def lecture_add(self, other):
+    out = Value(self.data + other.data, (self, other), "+")
+
+    def _backward():
+        self.grad += 1.0 * out.grad
+        other.grad += 1.0 * out.grad
+    out._backward = _backward
+    return out
+
+
+def test_three_argument_constructor_and_closures_give_micrograds_gradients():
+    a, b = Value(0.5), Value(-2.0)
+    y = lecture_add(lecture_exp(a) * b, a * 3)
+    assert y._op == "+" and lecture_exp(a)._op == "exp"
+    y.backward()
+    assert a.grad == pytest.approx(3 + b.data * math.exp(0.5), rel=1e-15)
+    assert b.grad == pytest.approx(math.exp(0.5), rel=1e-15)
+    a.grad = 0.0
+    z = lecture_add(a, a)                     # the same child twice
+    (z * z).backward()
+    assert a.grad == pytest.approx(8 * a.data, rel=1e-15)
+
+
+def test_a_user_defined_op_trains_in_a_loop_like_the_lecture():
+    """The lecture's user-written neuron with its own tanh, 20 steps of gradient descent."""
+    random.seed(3)
+    xs = [[2.0, 3.0, -1.0], [3.0, -1.0, 0.5], [0.5, 1.0, 1.0], [1.0, 1.0, -1.0]]
+    ys = [1.0, -1.0, -1.0, 1.0]
+    w = [Value(random.uniform(-1, 1)) for _ in range(3)]
+    b = Value(random.uniform(-1, 1))
+    params = w + [b]
+
+    def neuron(x, tanh):
+        act = sum((wi * xi for wi, xi in zip(w, x)), b)
+        return tanh(act)
+
+    def run(tanh):
+        for p, v in zip(params, start):
+            p.data = v
+        losses = []
+        for _ in range(20):
+            loss = sum((neuron(x, tanh) - y) ** 2 for x, y in zip(xs, ys))
+            for p in params:
+                p.grad = 0.0
+            loss.backward()
+            for p in params:
+                p.data += -0.05 * p.grad
+            losses.append(loss.data)
+        return losses
+
+    start = [p.data for p in params]
+    custom = run(lecture_tanh)
+    builtin = run(Value.tanh)
+    assert custom == pytest.approx(builtin, rel=1e-12)
+    assert custom[-1] < custom[0] / 2
+
+
+def test_manual_backprop_through_custom_nodes():
+    a = Value(0.3)
+    e = lecture_exp(a)
+    o = e * 2.0
+    o.grad = 1.0
+    o._backward()
+    e._backward()
+    assert a.grad == pytest.approx(2 * math.exp(0.3), rel=1e-15)
+
+
+def test_custom_rows_in_large_graphs_run_their_closures_in_order():
+    with Tape():
+        x = Value(0.001)
+        h = x
+        for _ in range(3000):                  # too large for the small-graph path
+            h = h * 1.0001 + 0.0001
+        y = lecture_exp(h) * 2.0
+        y.backward()
+        got = x.grad
+        x.grad = 0.0
+        y2 = h.exp() * 2.0
+        y2.backward()
+    assert got == pytest.approx(x.grad, rel=1e-12)
+
+
+def test_custom_rows_cannot_be_replayed_and_misuse_is_named():
+    with Tape() as t:
+        x = Value(1.0)
+        y = lecture_exp(x) * 2
+    with pytest.raises(ValueError, match=r"^row 1 was made with Value\(data, _children, "
+                                         r"_op\): the user computed its value, so a replay "
+                                         r"cannot recompute it"):
+        t.forward()
+    with pytest.raises(ValueError, match="_backward can be set only on a Value made with"):
+        (x * 2)._backward = lambda: None
+    with pytest.raises(TypeError, match=r"_backward must be callable, got int"):
+        lecture_exp(x)._backward = 3
+    with pytest.raises(TypeError, match=r"_children\[1\] must be a Value, got 2\.0"):
+        Value(3.0, (x, 2.0), "+")
+    with pytest.raises(NotImplementedError, match="takes one or two children, got 3"):
+        Value(3.0, (x, x, x), "sum3")
+    assert y.data == pytest.approx(2 * math.e)
