@@ -31,13 +31,13 @@ from time import perf_counter
 import numpy as np
 
 from . import _graph
-from .ops import ADD, CUSTOM, GUARDS, MUL, OPS, SUB, Op
+from .ops import ADD, BINARY, CUSTOM, DIFFERENTIABLE, GUARDS, MUL, OPS, SUB, Op
 
 _SUM_FAMILY = (ADD.code, SUB.code)
 _SEQUENTIAL_MIN = 64      # mixed-op chains at least this long run row by row ...
 _SEQUENTIAL_WIDTH = 8     # ... when their levels hold at most this many rows
 _FOLD_MIN = 8             # the backward folds single-reader chains of at least this length
-_BINARY = np.array([o.arity == 2 for o in OPS])
+_BINARY = BINARY                # shared with tapegrad.ops: grows with defop()
 
 
 def _run_sequential(step: _SequentialStep, values: np.ndarray) -> None:
@@ -445,7 +445,7 @@ class _FoldedChains:
     side_part: np.ndarray
 
 
-_DIFFERENTIABLE = np.array([o.partials is not None for o in OPS])
+_DIFFERENTIABLE = DIFFERENTIABLE
 
 
 class Backward:

@@ -184,10 +184,16 @@ _OPERATORS = {"add": operator.add, "sub": operator.sub, "mul": operator.mul,
               "le": operator.le, "gt": operator.gt, "ge": operator.ge}
 
 
+def _operator(op: Op) -> Callable[[Any, Any], Any]:
+    """The Python operator of ``op``, or the function-style op itself."""
+    fn = _OPERATORS.get(op.name)
+    return fn if fn is not None else (lambda x, y: apply(op, x, y))
+
+
 def _elementwise(op: Op, a: Any, array: np.ndarray, array_first: bool) -> Any:
     """``a <op> array`` (or ``array <op> a``) element by element, as NumPy does for
     micrograd's Value: an object array of Values (bools for comparisons)."""
-    fn = _OPERATORS[op.name]
+    fn = _operator(op)
     if array_first:
         return np.frompyfunc(lambda x: fn(x, a), 1, 1)(array)
     return np.frompyfunc(lambda x: fn(a, x), 1, 1)(array)
@@ -355,6 +361,33 @@ def compare(op: Op) -> Callable[[Any, Any], bool]:
     method.__doc__ = (f"``self {op.symbol} other`` as a bool, recorded as a guard that a "
                       "replay checks.")
     return method
+
+
+def apply(op: Op, *args: Any) -> Any:
+    """``op`` applied to one or two operands, Values or numbers (function-style ops:
+    ``tapegrad.atan2(a, 2.0)``); all numbers give a float, recorded nowhere."""
+    if len(args) != op.arity:
+        raise TypeError(f"{op.name} takes {op.arity} operand{'s' if op.arity > 1 else ''}, "
+                        f"got {len(args)}")
+    if op.arity == 1:
+        a = args[0]
+        if isinstance(a, _facade):
+            return record_general(op, a)
+        return op.evaluate(as_number(a, f"{op.name}(x)"))
+    a, b = args
+    if isinstance(a, _facade):
+        return record_general(op, a, b)
+    if isinstance(b, _facade):
+        if isinstance(a, np.ndarray):
+            return _elementwise(op, b, a, True)
+        try:
+            as_number(a, "the other operand")
+        except (TypeError, ValueError) as err:
+            raise _operand_error(op, b, a, True, err) from None
+        return record_general(op, b, a, reflected=True)
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.frompyfunc(lambda x, y: apply(op, x, y), 2, 1)(a, b)
+    return op.evaluate(as_number(a, f"{op.name}(x, y): x"), as_number(b, f"{op.name}(x, y): y"))
 
 
 def record_custom(v: Any, x: float, children: tuple, symbol: str, label: str) -> None:

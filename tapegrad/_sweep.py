@@ -195,7 +195,7 @@ def _closure_shares(t: Rows, r: int, i: int, j: int, g: float,
     return shares
 
 
-_SCALAR_PARTIALS = tuple(op.scalar_partials for op in OPS)
+_SCALAR_PARTIALS = ops.SCALAR_PARTIALS      # shared: grows with defop()
 _CUSTOM = ops.CUSTOM.code
 _ADD, _SUB, _MUL, _NEG, _RELU, _TANH = (ops.BY_NAME[n].code
                                        for n in ("add", "sub", "mul", "neg", "relu", "tanh"))

@@ -175,6 +175,13 @@ class Value:
     abs = __abs__
     sin = unary(ops.SIN)
     cos = unary(ops.COS)
+    log1p = unary(ops.LOG1P)
+    expm1 = unary(ops.EXPM1)
+    _leaky_relu = binary(ops.LEAKY_RELU)
+
+    def leaky_relu(self, slope: Value | float = 0.01) -> Value:
+        """``self`` where it is positive, else ``slope * self`` (one row)."""
+        return self._leaky_relu(slope)
 
     # -- comparisons: Python bools, recorded as guards a replay checks ---------------------
 

@@ -107,8 +107,12 @@ def _sigmoid_array(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _pow_partials(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> tuple[object, object]:
-    # d(x**y)/dx = y * x**(y-1), which is 0 for y == 0 (not 0 * 0**-1 = nan at x == 0)
-    dx = np.where(y == 0, 0.0, y * np.power(x, y - 1.0))
+    # d(x**y)/dx = y * x**(y-1), which is 0 for y == 0 (not 0 * 0**-1 = nan at x == 0);
+    # where x**(y-1) alone overflows, (y * x**y) / x can still be finite
+    dx = y * np.power(x, y - 1.0)
+    alt = (y * out) / x
+    dx = np.where(np.isinf(dx) & np.isfinite(alt), alt, dx)
+    dx = np.where(y == 0, 0.0, dx)
     # d(x**y)/dy = x**y * log(x); at x == 0 with y >= 0 the limit is 0 (as in PyTorch)
     dy = np.where((x == 0) & (y >= 0), 0.0, out * np.log(x))
     return dx, dy
@@ -197,11 +201,95 @@ GE = Op(19, "ge", ">=", 2, lambda x, y: float(x >= y),
 # forward rule, so a tape holding one cannot be replayed.
 CUSTOM = Op(20, "custom", "?", 2, None, None, None, "", custom=True)
 
-OPS: tuple[Op, ...] = (LEAF, ADD, SUB, MUL, DIV, POW, NEG, RELU, TANH, SIGMOID,
-                       EXP, LOG, SQRT, ABS, SIN, COS, LT, LE, GT, GE, CUSTOM)
-"""Every op, indexed by its code."""
 
-BY_NAME: dict[str, Op] = {op.name: op for op in OPS}
+def _atan2_local(x: float, y: float, out: float) -> tuple[float, float]:
+    r = x * x + y * y
+    return y / r, -x / r
+
+
+def _max_partials(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> tuple[object, object]:
+    # as PyTorch: the gradient goes to the larger operand, split evenly on a tie
+    d0 = np.where(x > y, 1.0, np.where(x == y, 0.5, 0.0))
+    return d0, 1.0 - d0
+
+
+def _max_local(x: float, y: float, out: float) -> tuple[float, float]:
+    d0 = 1.0 if x > y else (0.5 if x == y else 0.0)
+    return d0, 1.0 - d0
+
+
+def _min_partials(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> tuple[object, object]:
+    d0 = np.where(x < y, 1.0, np.where(x == y, 0.5, 0.0))
+    return d0, 1.0 - d0
+
+
+def _min_local(x: float, y: float, out: float) -> tuple[float, float]:
+    d0 = 1.0 if x < y else (0.5 if x == y else 0.0)
+    return d0, 1.0 - d0
+
+
+# Function-style ops (tapegrad.atan2(a, b), tapegrad.maximum(a, b), Value.log1p(), ...)
+ATAN2 = Op(21, "atan2", "atan2", 2, math.atan2, np.arctan2,
+           lambda x, y, out: (y / (x * x + y * y), -x / (x * x + y * y)), "xy", _atan2_local)
+LOG1P = Op(22, "log1p", "log1p", 1, _unary(math.log1p), lambda x, y: np.log1p(x),
+           lambda x, y, out: (1.0 / (1.0 + x), 0.0), "x",
+           lambda x, y, out: (1.0 / (1.0 + x), 0.0))
+EXPM1 = Op(23, "expm1", "expm1", 1, _unary(math.expm1), lambda x, y: np.expm1(x),
+           lambda x, y, out: (out + 1.0, 0.0), "o", lambda x, y, out: (out + 1.0, 0.0))
+# leaky_relu(x, slope): x where x > 0, else slope * x (the slope is usually an immediate)
+LEAKY_RELU = Op(24, "leaky_relu", "LeakyReLU", 2,
+                lambda x, y: x if x > 0 else y * x,
+                lambda x, y: np.where(x > 0, x, y * x),
+                lambda x, y, out: (np.where(x > 0, 1.0, y), np.where(x > 0, 0.0, x)), "xy",
+                lambda x, y, out: (1.0, 0.0) if x > 0 else (y, x))
+# (nan propagates from either side, as in NumPy: x != x holds only for nan)
+MAXIMUM = Op(25, "maximum", "max", 2, lambda x, y: x if x >= y or x != x else y, np.maximum,
+             _max_partials, "xy", _max_local)
+MINIMUM = Op(26, "minimum", "min", 2, lambda x, y: x if x <= y or x != x else y, np.minimum,
+             _min_partials, "xy", _min_local)
+
+OPS: list[Op] = [LEAF, ADD, SUB, MUL, DIV, POW, NEG, RELU, TANH, SIGMOID, EXP, LOG, SQRT, ABS,
+                 SIN, COS, LT, LE, GT, GE, CUSTOM, ATAN2, LOG1P, EXPM1, LEAKY_RELU, MAXIMUM,
+                 MINIMUM]
+"""Every op, indexed by its code (ops added with :func:`tapegrad.defop` are appended)."""
+
+MAX_OPS = 128
+"""Opcodes are int8: at most this many ops."""
+
+BY_NAME: dict[str, Op] = {}
+
+ARITY = np.zeros(MAX_OPS, np.int64)
+"""Operands of each opcode (for vectorized lookups; kept in step with :data:`OPS`)."""
+BINARY = np.zeros(MAX_OPS, bool)
+DIFFERENTIABLE = np.zeros(MAX_OPS, bool)
+"""Opcodes with partials (every op but leaves, guards and custom rows)."""
+SCALAR_PARTIALS: list = [None] * MAX_OPS
+"""Each opcode's scalar partial rule (None: leaf, guard, custom row)."""
+
+
+def _index(op: Op) -> None:
+    BY_NAME[op.name] = op
+    ARITY[op.code] = op.arity
+    BINARY[op.code] = op.arity == 2
+    DIFFERENTIABLE[op.code] = op.partials is not None
+    SCALAR_PARTIALS[op.code] = op.scalar_partials
+
+
+def register(op: Op) -> Op:
+    """Add ``op`` to the table (its code must be the next free one); see ``defop``."""
+    if op.code != len(OPS):
+        raise ValueError(f"op {op.name!r} must have code {len(OPS)}, the next free one")
+    if op.code >= MAX_OPS:
+        raise ValueError(f"the op table is full ({MAX_OPS} ops)")
+    if op.name in BY_NAME:
+        raise ValueError(f"an op named {op.name!r} exists already")
+    OPS.append(op)
+    _index(op)
+    return op
+
+
+for _op in OPS:
+    _index(_op)
 
 GUARDS = frozenset(op.code for op in OPS if op.guard)
 """Codes of the comparison ops."""

@@ -44,7 +44,7 @@ import numpy as np
 
 from . import _graph
 from .engine import Value
-from .ops import OPS, POW
+from .ops import ARITY, OPS, POW
 from .tape import Tape
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -767,7 +767,7 @@ def _level_keys(frame: _Frame, sub: _Sub, split_scopes: bool) -> np.ndarray:
     return key
 
 
-_ARITY = np.array([op.arity for op in OPS], np.int64)
+_ARITY = ARITY                   # shared with tapegrad.ops: grows with defop()
 
 
 class _Layout(NamedTuple):

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+import tapegrad
 from tapegrad import Tape, Value
 from tapegrad.ops import OPS, Op
 
@@ -30,6 +31,12 @@ SAMPLES = {
     "le": [(0.3, -1.7), (-2.5, 4.0), (1.0, 1.0)],
     "gt": [(0.3, -1.7), (-2.5, 4.0), (1.0, 1.0)],
     "ge": [(0.3, -1.7), (-2.5, 4.0), (1.0, 1.0)],
+    "atan2": [(0.3, -1.7), (-2.5, 4.0)],
+    "log1p": [(0.3, 0.0), (2.5, 0.0), (-0.5, 0.0)],
+    "expm1": [(0.3, 0.0), (-2.5, 0.0)],
+    "leaky_relu": [(0.3, 0.1), (-2.5, 0.2)],       # (x, slope)
+    "maximum": [(0.3, -1.7), (-2.5, 4.0)],
+    "minimum": [(0.3, -1.7), (-2.5, 4.0)],
 }
 
 # How the facade applies each op to Values (or to a number on one side).
@@ -53,6 +60,12 @@ APPLY = {
     "le": lambda x, y: x <= y,
     "gt": lambda x, y: x > y,
     "ge": lambda x, y: x >= y,
+    "atan2": lambda x, y: tapegrad.atan2(x, y),
+    "log1p": lambda x, y: x.log1p(),
+    "expm1": lambda x, y: x.expm1(),
+    "leaky_relu": lambda x, y: tapegrad.leaky_relu(x, y),
+    "maximum": lambda x, y: tapegrad.maximum(x, y),
+    "minimum": lambda x, y: tapegrad.minimum(x, y),
 }
 
 COMPUTING = [op for op in OPS if op.forward is not None]

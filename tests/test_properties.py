@@ -32,6 +32,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from micrograd.engine import Value as MValue
 
+import tapegrad
 from tapegrad import Function, Tape, Value, scope
 from tapegrad.ops import OPS, Op
 from tapegrad.tape import ROW_BYTES
@@ -53,7 +54,8 @@ BINARY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator
 # Results of these ops are correctly rounded IEEE operations, so NumPy (replay) and
 # Python (recording) agree on them bit for bit; the others (tanh, exp, log, pow, ...)
 # come from libm while recording and from NumPy's own kernels in a replay.
-EXACT_OPS = {"add", "sub", "mul", "div", "neg", "relu", "abs", "sqrt"}
+EXACT_OPS = {"add", "sub", "mul", "div", "neg", "relu", "abs", "sqrt", "leaky_relu",
+             "maximum", "minimum"}
 
 
 # --------------------------------------------------------------------------------------
@@ -77,6 +79,14 @@ def _nonzero_const(c: float) -> float:
     return math.copysign(abs(c) + 0.5, c)
 
 
+def _shifted(v):
+    return v + 3.0
+
+
+def _shifted_const(c: float) -> float:
+    return c + 3.0
+
+
 @dataclass(frozen=True)
 class Domain:
     """Operand transforms that keep an op smooth; ``kinks``: points where its
@@ -96,6 +106,11 @@ DOMAIN: dict[str, Domain] = {
     "neg": Domain(), "relu": Domain(kinks=(0.0,)), "tanh": Domain(), "sigmoid": Domain(),
     "exp": Domain(), "log": Domain(x=_positive), "sqrt": Domain(x=_positive),
     "abs": Domain(kinks=(0.0,)), "sin": Domain(), "cos": Domain(),
+    "atan2": Domain(y=_positive, cy=_positive_const), "log1p": Domain(x=_positive),
+    "expm1": Domain(), "leaky_relu": Domain(kinks=(0.0,)),
+    # nodes stay in [-0.5, 0.5]: the second operand shifted by 3 is always the larger
+    "maximum": Domain(y=_shifted, cx=_shifted_const, cy=_shifted_const),
+    "minimum": Domain(y=_shifted, cx=_shifted_const, cy=_shifted_const),
 }
 
 
@@ -165,7 +180,9 @@ def operands(step: Step, nodes: list):
 def apply_value(op: Op, x, y):
     """``op`` through the Value facade, the way users write it."""
     if op.arity == 2:
-        return BINARY[op.symbol](x, y)
+        if op.symbol in BINARY:
+            return BINARY[op.symbol](x, y)
+        return getattr(tapegrad, op.name)(x, y)        # function-style: maximum(a, b)
     method = getattr(x, op.name, None)
     return method() if method is not None else getattr(operator, op.name)(x)
 
@@ -228,7 +245,8 @@ def test_every_differentiable_op_is_generated():
     assert {op.name for op in DIFFERENTIABLE} == set(DOMAIN)
     for op in DIFFERENTIABLE:
         if op.arity == 2:
-            assert op.symbol in BINARY, f"{op.name}: no Python operator for {op.symbol!r}"
+            assert op.symbol in BINARY or hasattr(tapegrad, op.name), \
+                f"{op.name}: no Python operator for {op.symbol!r} nor tapegrad.{op.name}"
         else:
             assert hasattr(Value, op.name) or hasattr(operator, op.name), op.name
 

@@ -1,0 +1,137 @@
+"""Function-style ops (no operator spells them) and :func:`defop`, to add your own.
+
+    from tapegrad import atan2, maximum, clip, defop
+    angle = atan2(y, x)                 # Values or numbers on either side
+    h = maximum(a, 0.0)
+
+Each records one row per op, like the operators do; with only numbers it returns a float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import ops
+from ._record import apply
+from .ops import Op
+
+__all__ = ["atan2", "log1p", "expm1", "leaky_relu", "maximum", "minimum", "clip", "defop"]
+
+
+def atan2(y: Any, x: Any) -> Any:
+    """The angle of the point ``(x, y)``, as :func:`math.atan2` (``y`` first)."""
+    return apply(ops.ATAN2, y, x)
+
+
+def log1p(x: Any) -> Any:
+    """``log(1 + x)``, accurate for small ``x``."""
+    return apply(ops.LOG1P, x)
+
+
+def expm1(x: Any) -> Any:
+    """``exp(x) - 1``, accurate for small ``x``."""
+    return apply(ops.EXPM1, x)
+
+
+def leaky_relu(x: Any, slope: Any = 0.01) -> Any:
+    """``x`` where ``x > 0``, else ``slope * x``."""
+    return apply(ops.LEAKY_RELU, x, slope)
+
+
+def maximum(a: Any, b: Any) -> Any:
+    """The larger of ``a`` and ``b``; on a tie the gradient is split evenly (as PyTorch)."""
+    return apply(ops.MAXIMUM, a, b)
+
+
+def minimum(a: Any, b: Any) -> Any:
+    """The smaller of ``a`` and ``b``; on a tie the gradient is split evenly."""
+    return apply(ops.MINIMUM, a, b)
+
+
+def clip(x: Any, lo: Any, hi: Any) -> Any:
+    """``x`` limited to ``[lo, hi]`` (two rows: ``minimum(maximum(x, lo), hi)``)."""
+    return minimum(maximum(x, lo), hi)
+
+
+def defop(name: str, forward: Callable, partials: Callable, *, arity: int = 1,
+          reads: str = "xyo", symbol: str | None = None,
+          scalar: Callable | None = None,
+          scalar_partials: Callable | None = None) -> Callable[..., Any]:
+    """Add an op to the tape's op table and return a function that records it.
+
+    Parameters
+    ----------
+    name : str
+        The op's name in dumps, statistics and saved tapes (unique).
+    forward : callable
+        ``forward(x, y) -> out``, vectorized over NumPy arrays (``y`` is ignored by
+        unary ops). Used by replays and ``Function``.
+    partials : callable
+        ``partials(x, y, out) -> (d out/dx, d out/dy)``, vectorized (return 0 for the
+        slot a unary op does not have). Used by backward.
+    arity : {1, 2}
+        Operands the op takes.
+    reads : str
+        Which of ``x``, ``y``, ``out`` (letters of ``"xyo"``) ``partials`` reads.
+    symbol : str, optional
+        Shown in pictures (defaults to ``name``).
+    scalar, scalar_partials : callable, optional
+        The same rules on Python floats, for recording and the backward of small graphs;
+        by default the vectorized rules are called on NumPy scalars (correct, slower).
+
+    Returns
+    -------
+    callable
+        ``f(x)`` or ``f(x, y)`` taking Values or numbers, recording one row.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is taken, ``arity`` is not 1 or 2, or the table is full.
+    TypeError
+        If a rule is not callable.
+
+    Examples
+    --------
+    >>> import numpy as np, tapegrad
+    >>> softplus = tapegrad.defop("softplus", lambda x, y: np.logaddexp(0.0, x),
+    ...                           lambda x, y, out: (1.0 / (1.0 + np.exp(-x)), 0.0),
+    ...                           reads="x")
+    >>> v = tapegrad.Value(0.0)
+    >>> s = softplus(v)
+    >>> s.backward()
+    >>> round(s.data, 6), v.grad
+    (0.693147, 0.5)
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"op name must be an identifier, got {name!r}")
+    if arity not in (1, 2):
+        raise ValueError(f"arity must be 1 or 2, got {arity!r}")
+    for what, rule in (("forward", forward), ("partials", partials), ("scalar", scalar),
+                       ("scalar_partials", scalar_partials)):
+        if rule is not None and not callable(rule):
+            raise TypeError(f"{what} must be callable, got {type(rule).__name__}")
+    if not set(reads) <= set("xyo"):
+        raise ValueError(f"reads takes letters of 'xyo', got {reads!r}")
+
+    def scalar_rule(x: float, y: float) -> float:
+        with np.errstate(all="ignore"):
+            return float(forward(np.float64(x), np.float64(y)))
+
+    def scalar_partial_rule(x: float, y: float, out: float) -> tuple[float, float]:
+        with np.errstate(all="ignore"):
+            d0, d1 = partials(np.float64(x), np.float64(y), np.float64(out))
+        return float(d0), float(d1)
+
+    op = ops.register(Op(len(ops.OPS), name, symbol or name, arity, scalar or scalar_rule,
+                         forward, partials, reads, scalar_partials or scalar_partial_rule))
+
+    def record(*args: Any) -> Any:
+        return apply(op, *args)
+
+    record.__name__ = record.__qualname__ = name
+    record.__doc__ = f"Record ``{name}`` of {arity} operand{'s' * (arity > 1)} as one row."
+    return record
