@@ -629,6 +629,18 @@ class Rows:
 
     # -- loading -------------------------------------------------------------------------
 
+    def state(self) -> dict[str, Any]:
+        """The rows as plain data, in the form :meth:`load_columns` takes (pickling)."""
+        cols = self.columns()
+        codes = {op.name: op.code for op in OPS}
+        return {"op": cols.op.copy(), "args": np.stack([cols.a0, cols.a1], axis=1),
+                "const": cols.const.copy(), "value": cols.value.copy(),
+                "grad": cols.grad.copy(), "level": cols.level.copy(),
+                "opnames": [op.name for op in OPS], "labels": dict(self._labels),
+                "scopes": list(self._scope_names), "codes": codes,
+                "mark_rows": np.array(self._mark_rows, np.int64),
+                "mark_ids": np.array(self._mark_ids, np.int64)}
+
     def load_columns(self, data: dict[str, Any]) -> None:
         """Fill this empty tape with rows read by :func:`tapegrad._tapefile.read`."""
         n = data["op"].size

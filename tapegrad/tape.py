@@ -338,6 +338,12 @@ class Tape:
         tape.rows_object().load_columns(data)
         return tape
 
+    def __reduce__(self) -> tuple:
+        """Pickles the rows (values, gradients, labels, scopes), as :meth:`save` does;
+        Values pickle on their own (leaves, as new leaves)."""
+        return _unpickle_tape, (self.name, self.reclaim, self.reclaim_min_rows,
+                                self._rows.state())
+
     def compact(self) -> int:
         """Drop the rows no live Value needs and slide the rest down.
 
@@ -511,6 +517,22 @@ class Tape:
         """
         self._check_row(row)
         return self._rows.scope_of(int(row))
+
+
+def _unpickle_tape(name: str, reclaim: bool, reclaim_min_rows: int,
+                   state: dict[str, Any]) -> Tape:
+    from .ops import BY_NAME
+    unknown = [n for n in state["opnames"] if n not in BY_NAME]
+    used = {state["opnames"][c] for c in np.unique(state["op"]).tolist()}
+    missing = sorted(used & set(unknown))
+    if missing:
+        raise ValueError(f"the pickled tape {name!r} uses ops this process does not know: "
+                         f"{missing} (define them with tapegrad.defop first)")
+    remap = np.array([BY_NAME[n].code if n in BY_NAME else 0 for n in state["opnames"]],
+                     np.int8)
+    tape = Tape(name, reclaim=reclaim, reclaim_min_rows=reclaim_min_rows)
+    tape.rows_object().load_columns({**state, "op": remap[state["op"]]})
+    return tape
 
 
 def _default_tape(name: str) -> Tape:

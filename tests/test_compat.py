@@ -292,3 +292,22 @@ def test_custom_rows_cannot_be_replayed_and_misuse_is_named():
     with pytest.raises(NotImplementedError, match="takes one or two children, got 3"):
         Value(3.0, (x, x, x), "sum3")
     assert y.data == pytest.approx(2 * math.e)
+
+
+def test_tapes_pickle_round_trip_and_replay():
+    with Tape("pickled") as t:
+        x = Value(2.0, label="x")
+        from tapegrad import scope
+        with scope("layer"):
+            y = (x * 3 + 1).tanh()
+        y.backward()
+    again = pickle.loads(pickle.dumps(t))
+    assert again.name == "pickled" and len(again) == len(t)
+    for column in ("opcodes", "args", "consts", "values", "grads", "levels", "scope_ids"):
+        assert np.array_equal(getattr(again, column), getattr(t, column)), column
+    assert again.labels == {0: "x"} and again.scope_of(y.row) == "layer"
+    leaf = again.value(0)
+    leaf.data = 1.0
+    again.forward()
+    assert again.value(y.row).data == pytest.approx(math.tanh(4.0), rel=1e-15)
+    assert x.data == 2.0                      # the original is untouched
