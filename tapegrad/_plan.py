@@ -31,7 +31,18 @@ from time import perf_counter
 import numpy as np
 
 from . import _graph
-from .ops import ADD, BINARY, CUSTOM, DIFFERENTIABLE, GUARDS, MUL, OPS, SUB, Op
+from .ops import (
+    ADD,
+    BINARY,
+    CUSTOM,
+    DIFFERENTIABLE,
+    GUARDS,
+    MUL,
+    OPS,
+    READS_OPERANDS,
+    SUB,
+    Op,
+)
 
 _SUM_FAMILY = (ADD.code, SUB.code)
 _SEQUENTIAL_MIN = 64      # mixed-op chains at least this long run row by row ...
@@ -250,7 +261,9 @@ class Plan:
             tail[a < 0] = -1
             xy.append(local)
         x, y = xy
-        needs = binary & ((x < 0) | (y < 0))
+        # an immediate gets a constant row only where the partials read it (x * 3 does,
+        # x + 3 does not)
+        needs = binary & ((x < 0) | (y < 0)) & READS_OPERANDS[op]
         at = np.flatnonzero(needs)
         const_values = np.concatenate((cols.const[leaves], cols.const[lo:hi]))[at]
         sink = n + at.size
@@ -518,7 +531,7 @@ class Backward:
             upper = out[:-1]
             side_c, side_t, side_p = [], [], []
             for slot, operand in ((0, plan.x), (1, plan.y)):
-                use = operand[out] != sink
+                use = operand[out] < plan.rows.size   # not into constants or the sink
                 use[:-1] &= pred_slot[upper] != slot
                 side_c.append(out[use])
                 side_t.append(operand[out][use])

@@ -263,6 +263,8 @@ ARITY = np.zeros(MAX_OPS, np.int64)
 BINARY = np.zeros(MAX_OPS, bool)
 DIFFERENTIABLE = np.zeros(MAX_OPS, bool)
 """Opcodes with partials (every op but leaves, guards and custom rows)."""
+READS_OPERANDS = np.zeros(MAX_OPS, bool)
+"""Opcodes whose partials read an operand's value (so an immediate there matters)."""
 SCALAR_PARTIALS: list = [None] * MAX_OPS
 """Each opcode's scalar partial rule (None: leaf, guard, custom row)."""
 
@@ -272,6 +274,7 @@ def _index(op: Op) -> None:
     ARITY[op.code] = op.arity
     BINARY[op.code] = op.arity == 2
     DIFFERENTIABLE[op.code] = op.partials is not None
+    READS_OPERANDS[op.code] = op.partials is not None and bool(set(op.reads) & set("xy"))
     SCALAR_PARTIALS[op.code] = op.scalar_partials
 
 
