@@ -516,18 +516,23 @@ class Backward:
         order = np.concatenate([rest] + [b.ravel() for b in blocks])
         self.order = order
         m = order.size
-        pos = np.full(size, -1, index)
-        pos[order] = np.arange(m, dtype=index)
         self.t0 = plan.x[order]
         self.t1 = plan.y[order]
         op = plan.op[order]
-        by_op, cuts = _graph.level_groups(op, descending=False)
-        self.by_op = [(OPS[int(op[by_op[a]])], by_op[a:b])
-                      for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist())]
+        codes = np.flatnonzero(np.bincount(op, minlength=len(OPS)))
+        if codes.size <= 8:                  # a pass per op beats a sort of every row
+            self.by_op = [(OPS[int(c)], np.flatnonzero(op == c)) for c in codes.tolist()]
+        else:
+            by_op, cuts = _graph.level_groups(op, descending=False)
+            self.by_op = [(OPS[int(op[by_op[a]])], by_op[a:b])
+                          for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist())]
         self.groups: dict[int, tuple[int, int]] = {
             int(key[rest[a]]): (a, b) for a, b in zip(starts[:-1].tolist(), starts[1:].tolist())}
         self.chains: dict[int, list[_FoldedChains]] = {}
+        at = rest.size                       # where each block's rows sit in ``order``
         for (k, _), out in zip(by_shape, blocks):
+            pos = np.arange(at, at + out.size, dtype=index).reshape(out.shape)
+            at += out.size
             upper = out[:-1]
             side_c, side_t, side_p = [], [], []
             for slot, operand in ((0, plan.x), (1, plan.y)):
@@ -535,9 +540,9 @@ class Backward:
                 use[:-1] &= pred_slot[upper] != slot
                 side_c.append(out[use])
                 side_t.append(operand[out][use])
-                side_p.append(slot * m + pos[out[use]])
+                side_p.append(slot * m + pos[use])
             self.chains.setdefault(k, []).append(_FoldedChains(
-                out, pred_slot[upper] * m + pos[upper],
+                out, pred_slot[upper] * m + pos[:-1],
                 *map(np.concatenate, (side_c, side_t, side_p))))
         self.keys = sorted(set(self.groups) | set(self.chains), reverse=True)
 
