@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import _record, ops
+from . import _context, _record, _sweep, ops
 from ._record import as_number, binary, compare, reflected, unary
 from ._rows import Block
 from .tape import Tape
@@ -235,7 +235,13 @@ class Value:
         --------
         Tape.backward_from : the same sweep, given a row number.
         """
-        self.tape.backward_from(self.row)
+        b = self._b
+        t = b.rows
+        t.check_alive()
+        if _context.innermost_probe() is None:      # the common case, without a detour
+            _sweep.backward(t, self._o - b.shift, bool(_context.anomaly.depth))
+        else:
+            self.tape.backward_from(self._o - b.shift)
 
     # -- micrograd's graph attributes ---------------------------------------------------
 
