@@ -119,17 +119,8 @@ def _small(t: Rows, root: int, limit: int, anomaly: bool) -> int:
         pending -= 1
         inner.append((r, g))
         if code == _CUSTOM:                    # the user's closure moves the gradient
-            for a, d in _closure_shares(t, r, i, j, g, gv):
-                old = get(a)
-                if old is None:
-                    adj[a] = d
-                    if (opv[a] if a < f else stage[(a - f) * STAGE_WIDTH]) != 0:
-                        pending += 1
-                else:
-                    adj[a] = old + d
-            r -= 1
-            continue
-        if anomaly or code not in _INLINE:
+            shares = _closure_shares(t, r, i, j, g, gv)
+        elif anomaly or code not in _INLINE:
             rule = _SCALAR_PARTIALS[code]
             if rule is None:                   # a guard: nothing flows through it
                 r -= 1
@@ -142,30 +133,30 @@ def _small(t: Rows, root: int, limit: int, anomaly: bool) -> int:
                 d0, d1 = OPS[code].local(x, y, vv[r])
             if anomaly:
                 _check_scalar(t, r, OPS[code], i, j, d0, d1, g)
+            shares = ((i, d0 * g), (j, d1 * g))
         elif code == _ADD:
-            d0 = d1 = 1.0
+            shares = ((i, g), (j, g))
         elif code == _MUL:
-            d0 = vv[j] if j >= 0 else c
-            d1 = vv[i] if i >= 0 else c
+            shares = ((i, (vv[j] if j >= 0 else c) * g), (j, (vv[i] if i >= 0 else c) * g))
         elif code == _SUB:
-            d0, d1 = 1.0, -1.0
+            shares = ((i, g), (j, -g))
         elif code == _RELU:
-            d0, d1 = (1.0 if vv[r] > 0 else 0.0), 0.0
+            shares = ((i, (1.0 if vv[r] > 0 else 0.0) * g),)   # 0 * nan stays nan
         elif code == _TANH:
             o = vv[r]
-            d0, d1 = 1.0 - o * o, 0.0
+            shares = ((i, (1.0 - o * o) * g),)
         else:                                  # neg
-            d0, d1 = -1.0, 0.0
-        for a, d in ((i, d0), (j, d1)):
+            shares = ((i, -g),)
+        for a, share in shares:
             if a < 0:
                 continue
             old = get(a)
             if old is None:
-                adj[a] = d * g
+                adj[a] = share
                 if (opv[a] if a < f else stage[(a - f) * STAGE_WIDTH]) != 0:
                     pending += 1               # a non-leaf row to visit later
             else:
-                adj[a] = old + d * g
+                adj[a] = old + share
         r -= 1
     for r, g in inner:
         gv[r] = g

@@ -8,6 +8,7 @@ data, the gradient and the graph live on the tape.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 from . import _context, _record, _sweep, ops
@@ -326,7 +327,6 @@ class Value:
 
     def __deepcopy__(self, memo: dict) -> Value:
         data, grad, label, attrs = self._leaf_state("deepcopy")
-        import copy
         return _leaf(data, grad, label, copy.deepcopy(attrs, memo))
 
     def __reduce__(self) -> tuple:
