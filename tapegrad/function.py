@@ -185,15 +185,10 @@ class Function:
     def _leaf_values(self) -> np.ndarray:
         """Current values of the plan's leaves (mirrors of other tapes' leaves refreshed)."""
         plan = self._plan
-        values = self._tape.values[plan.rows[plan.leaves]].copy()
         rows = self._tape.rows_object()
         if rows.has_links():
-            where = {r: k for k, r in enumerate(plan.rows[plan.leaves].tolist())}
-            for row, leaf in rows.links():
-                k = where.get(row)
-                if k is not None:
-                    values[k] = leaf.data
-        return values
+            rows.refresh_links()               # as backward() does before it reads them
+        return self._tape.values[plan.rows[plan.leaves]]
 
     def _chunks(self, batch: np.ndarray):
         step = max(1, _CHUNK_BYTES // (8 * self._plan.size * 3))
