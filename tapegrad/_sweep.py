@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _graph, ops
+from . import _context, _graph, ops
 from ._plan import Backward, Plan
 from ._rows import STAGE_WIDTH, Columns, Rows
 from .ops import OPS
@@ -61,6 +61,20 @@ class Timing:
         entry = self.ops.setdefault(name, [0, 0.0])
         entry[0] += rows
         entry[1] += seconds
+
+
+def run_backward(t: Rows, root: int) -> None:
+    """``backward()`` of ``root`` as users call it: anomaly checks while a
+    ``detect_anomaly()`` block is open, timed for the innermost profiler probe."""
+    anomaly = bool(_context.anomaly.depth)
+    probe = _context.innermost_probe()
+    if probe is None:
+        backward(t, root, anomaly)
+        return
+    timing = Timing()
+    start = perf_counter()
+    swept = backward(t, root, anomaly, timing)
+    probe.on_backward(t.name, swept, perf_counter() - start, timing)
 
 
 def backward(t: Rows, root: int, anomaly: bool = False,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
-from . import _context, _record, _sweep, ops
+from . import _record, _sweep, ops
 from ._record import as_number, binary, compare, reflected, unary
 from ._rows import Block
 from .tape import Tape
@@ -239,10 +239,7 @@ class Value:
         b = self._b
         t = b.rows
         t.check_alive()
-        if _context.innermost_probe() is None:      # the common case, without a detour
-            _sweep.backward(t, self._o - b.shift, bool(_context.anomaly.depth))
-        else:
-            self.tape.backward_from(self._o - b.shift)
+        _sweep.run_backward(t, self._o - b.shift)
 
     # -- micrograd's graph attributes ---------------------------------------------------
 

@@ -228,15 +228,7 @@ class Tape:
         row : int
             The row of the root on this tape.
         """
-        rows = self._rows
-        probe = _context.innermost_probe()
-        if probe is None:
-            _sweep.backward(rows, row, bool(_context.anomaly.depth))
-            return
-        timing = _sweep.Timing()
-        start = time.perf_counter()
-        swept = _sweep.backward(rows, row, bool(_context.anomaly.depth), timing)
-        probe.on_backward(self.name, swept, time.perf_counter() - start, timing)
+        _sweep.run_backward(self._rows, row)
 
     def value(self, row: int) -> Any:
         """A Value for ``row`` of this tape (e.g. a row seen in a dump, or after load).
