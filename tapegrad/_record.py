@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _context
 from ._rows import Rows
-from .ops import CUSTOM, LEAF, Op
+from .ops import ADD, CUSTOM, LEAF, MUL, RELU, Op
 
 _EXACT = 2**53              # ints up to this size convert to float64 exactly and fast
 
@@ -431,3 +431,227 @@ def record_leaf(v: Any, x: float, label: str) -> None:
     v._b = t.cur
     v._o = r
     v._l = 0
+
+
+# -- bulk recording: many rows per call, the same rows as the scalar loop ---------------
+
+def operand_rows(t: Rows, values: list) -> tuple[list[int], list[int]] | None:
+    """(rows, levels) of ``values`` if every one is a ``Value`` (exactly) recorded on
+    ``t``, else None: the bulk recorders then leave the job to the scalar path, which
+    handles subclasses, numbers and leaves of other tapes."""
+    rows, levels = [], []
+    for v in values:
+        if type(v) is not _facade:
+            return None
+        b = v._b
+        if b.rows is not t:
+            return None
+        rows.append(v._o - b.shift)
+        levels.append(v._l)
+    return rows, levels
+
+
+def bulk_target() -> Rows | None:
+    """The tape a bulk recorder writes to, the current one, or None if the scalar path
+    must record: under :class:`detect_anomaly`, which checks every row as it is made.
+    (Operands on other tapes make the bulk recorders return None too.)"""
+    return None if _context.anomaly.depth else _context.current_rows()
+
+
+def _new_values(t: Rows, rows: np.ndarray, levels: np.ndarray) -> list:
+    """Facades for rows just written to the current block of ``t``."""
+    blk = t.cur
+    new = object.__new__
+    out = []
+    for r, lv in zip(rows.tolist(), levels.tolist()):
+        v = new(_facade)
+        v._b = blk
+        v._o = r
+        v._l = lv
+        out.append(v)
+    return out
+
+
+class _DotLayout:
+    """The rows :func:`record_dots` writes, except what changes per call.
+
+    Operand columns hold rows relative to the first row written (``rel`` marks them)
+    or absolute rows of the weights and starts, which stay valid until the tape's
+    epoch changes; levels follow from the operands' levels."""
+
+    def __init__(self, g_n: int, n: int, act: Op | None, w_rows: np.ndarray,
+                 w_lv: np.ndarray, s_rows: np.ndarray | None, s_lv: np.ndarray,
+                 x_imm: bool) -> None:
+        self.stride = stride = 2 * n + (act is not None)
+        shape = (g_n, stride)
+        m, a = slice(0, 2 * n, 2), slice(1, 2 * n, 2)
+        self.mul, self.add = m, a
+        k = np.arange(n)
+        base = stride * np.arange(g_n)[:, None]
+        mul_row, add_row = base + 2 * k, base + 2 * k + 1
+        op = np.empty(shape, np.int8)
+        a0 = np.zeros(shape, np.int64)
+        a1 = np.zeros(shape, np.int64)
+        rel0 = np.ones(shape, np.int64)
+        rel1 = np.ones(shape, np.int64)
+        op[:, m] = MUL.code
+        op[:, a] = ADD.code
+        a0[:, m] = w_rows
+        rel0[:, m] = 0
+        rel1[:, m] = 0                       # x rows (or -1 for immediates), per call
+        a1[:, m] = -1
+        a0[:, a][:, 1:] = add_row[:, :-1]
+        a1[:, a][:, 1:] = mul_row[:, 1:]
+        if s_rows is None:                   # start + p0 records ADD(p0, start)
+            a0[:, 1] = mul_row[:, 0]
+            a1[:, 1] = -1
+            rel1[:, 1] = 0
+        else:                                # ADD(start, p0)
+            a0[:, 1] = s_rows
+            rel0[:, 1] = 0
+            a1[:, 1] = mul_row[:, 0]
+        if act is not None:
+            op[:, -1] = act.code
+            a0[:, -1] = add_row[:, -1]
+            a1[:, -1] = -1
+            rel1[:, -1] = 0
+        self.op = op.ravel()
+        self.a0, self.rel0 = a0.ravel(), rel0.ravel().astype(bool)
+        self.a1, self.rel1 = a1.ravel(), rel1.ravel().astype(bool)
+        self.out = (base[:, 0] + stride - 1) if act is not None else add_row[:, -1]
+        self.w_lv, self.s_lv, self.k = w_lv, s_lv, k
+        self.act = act
+        self.x_imm = x_imm
+        self._levels: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+    def levels(self, x_lv: list) -> tuple[np.ndarray, np.ndarray]:
+        """(level of every row, level of the results) for inputs of levels ``x_lv``."""
+        key = tuple(x_lv)
+        found = self._levels.get(key)
+        if found is None:
+            g_n, k = self.w_lv.shape[0], self.k
+            # a product is 1 + max(its operands); acc_k = 1 + max(acc_{k-1}, p_k)
+            p_lv = np.maximum(self.w_lv, np.array(x_lv, np.int64)) + 1
+            acc_lv = k + 1 + np.maximum(self.s_lv[:, None],
+                                        np.maximum.accumulate(p_lv - k, axis=1))
+            level = np.empty((g_n, self.stride), np.int64)
+            level[:, self.mul] = p_lv
+            level[:, self.add] = acc_lv
+            out_lv = acc_lv[:, -1]
+            if self.act is not None:
+                out_lv = out_lv + 1
+                level[:, -1] = out_lv
+            found = self._levels[key] = (level.ravel(), out_lv)
+        return found
+
+
+def record_dots(t: Rows, w: list, x: list, starts: list, act: Op | None,
+                memo: list | None = None) -> tuple[list | None, int]:
+    """Rows of ``act(sum(map(mul, w[g], x), starts[g]))`` for every group ``g``, exactly
+    as the scalar loop records them, written with a few NumPy operations.
+
+    ``w``: G lists of n Values on ``t``; ``x``: n Values on ``t`` or n floats
+    (immediates); ``starts``: G Values on ``t`` or G floats. Per group the rows are
+    ``w0*x0, start+p0, w1*x1, acc+p1, ...`` then the activation (unary) if any; sums
+    run left to right (``np.add.accumulate``), so values are bit-identical.
+
+    ``memo``: a list the caller keeps between calls with the same weights (a layer's):
+    the weights' rows and the row layout are worked out once per tape epoch.
+
+    Returns
+    -------
+    (list of Value, int) or (None, 0)
+        The G results and the first row; None if some operand is not a plain Value on
+        ``t`` or a float (the caller then records the scalar loop).
+    """
+    g_n, n = len(w), len(x)
+    x_imm = type(x[0]) is float
+    s_imm = type(starts[0]) is float
+    if x_imm and any(type(v) is not float for v in x):
+        return None, 0
+    if s_imm and any(type(v) is not float for v in starts):
+        return None, 0
+    first = t.reserve(g_n * (2 * n + (act is not None)))
+    if x_imm:
+        x_lv = [0] * n
+    else:
+        xs = operand_rows(t, x)
+        if xs is None:
+            return None, 0
+        x_rows, x_lv = xs
+    if (memo and memo[0] is t and memo[1] == t.epoch and memo[2] == w and memo[3] == starts
+            and memo[4].act is act and memo[4].x_imm == x_imm):
+        layout, w_rows, s_rows = memo[4:]
+    else:
+        found = operand_rows(t, [v for ws in w for v in ws])
+        ss = None if s_imm else operand_rows(t, starts)
+        if found is None or (ss is None and not s_imm):
+            return None, 0
+        w_rows = np.array(found[0], np.int64).reshape(g_n, n)
+        s_rows = None if s_imm else np.array(ss[0], np.int64)
+        s_lv = np.zeros(g_n, np.int64) if s_imm else np.array(ss[1], np.int64)
+        layout = _DotLayout(g_n, n, act, w_rows, np.array(found[1], np.int64).reshape(g_n, n),
+                            s_rows, s_lv, x_imm)
+        if memo is not None:
+            memo[:] = [t, t.epoch, [list(ws) for ws in w], list(starts), layout, w_rows, s_rows]
+    vals = t.vals.obj
+    x_val = np.array(x, np.float64) if x_imm else vals[x_rows]
+    s_val = np.array(starts, np.float64) if s_imm else vals[s_rows]
+    prod = vals[w_rows] * x_val
+    acc = np.add.accumulate(np.concatenate((s_val[:, None], prod), axis=1), axis=1)
+    stride = layout.stride
+    value = np.empty((g_n, stride))
+    value[:, layout.mul] = prod
+    value[:, layout.add] = acc[:, 1:]
+    c = np.zeros((g_n, stride))
+    if x_imm:
+        c[:, layout.mul] = x_val
+    if s_imm:
+        c[:, 1] = s_val
+    if act is RELU:          # ops.RELU's scalar rule, vectorized (-0.0 and nan kept)
+        last = acc[:, -1]
+        value[:, -1] = np.where(last < 0, 0.0, last)
+    elif act is not None:
+        evaluate = act.evaluate
+        value[:, -1] = [evaluate(s, 0.0) for s in acc[:, -1].tolist()]
+    a0 = layout.a0 + first * layout.rel0
+    a1 = layout.a1 + first * layout.rel1
+    if not x_imm:
+        a1.reshape(g_n, stride)[:, layout.mul] = x_rows
+    level, out_lv = layout.levels(x_lv)
+    t.write_rows(layout.op, a0, a1, c.ravel(), value.ravel(), level)
+    return _new_values(t, layout.out + first, out_lv), first
+
+
+def record_sum(t: Rows, terms: list, start: Any) -> Any:
+    """Rows of ``sum(terms, start)`` (Values on ``t``; ``start`` a Value on ``t`` or a
+    float), as the scalar loop records them; None if the scalar path must do it."""
+    n = len(terms)
+    first = t.reserve(n)
+    s_imm = type(start) is float
+    found = operand_rows(t, terms if s_imm else [start, *terms])
+    if found is None:
+        return None
+    vals = t.vals.obj
+    rows = np.array(found[0], np.int64)
+    lv = np.array(found[1], np.int64)
+    if s_imm:
+        s_val, s_lv = start, 0
+    else:
+        s_row, s_val, s_lv = rows[0], vals[rows[0]], lv[0]
+        rows, lv = rows[1:], lv[1:]
+    acc = np.add.accumulate(np.concatenate(([s_val], vals[rows])))[1:]
+    k = np.arange(n)
+    level = k + 1 + np.maximum(s_lv, np.maximum.accumulate(lv - k))
+    own = first + k
+    a0 = np.empty(n, np.int64)
+    a1 = np.empty(n, np.int64)
+    c = np.zeros(n)
+    a0[1:] = own[:-1]
+    a1[1:] = rows[1:]
+    if s_imm:
+        a0[0], a1[0], c[0] = rows[0], -1, start
+    else:
+        a0[0], a1[0] = s_row, rows[0]
+    t.write_rows(np.full(n, ADD.code, np.int8), a0, a1, c, acc, level)
+    return _new_values(t, own[-1:], level[-1:])[0]

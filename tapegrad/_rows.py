@@ -295,12 +295,13 @@ class Rows:
 
     def _set_low(self, a: int, b: int) -> None:
         """The ``low`` column of rows a..b-1 from their operands and levels."""
-        low = np.arange(a, b, dtype=np.int32)
+        low = self._low[a:b]
+        low[:] = np.arange(a, b, dtype=np.int32)
+        lv = self._lv
         for args in (self._a0[a:b], self._a1[a:b]):
-            pos = np.flatnonzero(args >= 0)
-            pos = pos[self._lv[args[pos]] > 0]
-            low[pos] = np.minimum(low[pos], args[pos])
-        self._low[a:b] = low
+            nonleaf = lv[args] > 0          # an immediate's -1 reads some level: masked
+            nonleaf &= args >= 0
+            np.minimum(low, args, out=low, where=nonleaf)
 
     # -- appending rows (slow path; the hot path is inlined in tapegrad._record) -------
 
@@ -312,6 +313,33 @@ class Rows:
         self.vals[r] = value
         self.count = r + 1
         self.stage += (code, i, j, c, level)
+        return r
+
+    def reserve(self, n: int) -> int:
+        """Make room for ``n`` rows written at once by :meth:`write_rows`; the first row.
+
+        Staged rows are flushed first, so the new rows go straight into the columns.
+        Room may come from a compaction, which moves rows: read operand rows from their
+        Values after this call, not before."""
+        self.flush()
+        self.make_room(n)
+        self.flush()
+        return self.count
+
+    def write_rows(self, op: np.ndarray, a0: np.ndarray, a1: np.ndarray, c: np.ndarray,
+                   value: np.ndarray, level: np.ndarray) -> int:
+        """Append rows given as column arrays (after :meth:`reserve`); the first row."""
+        r = self.count
+        b = r + len(op)
+        if b > self._room or self._flushed != r:
+            raise RuntimeError("write_rows needs reserve() for these rows first")
+        for col, data in (("_op", op), ("_a0", a0), ("_a1", a1), ("_c", c),
+                          ("_val", value), ("_lv", level)):
+            getattr(self, col)[r:b] = data
+        self.count = self._flushed = b
+        _context.count_flushed(b - r)
+        self._set_low(r, b)
+        self.set_limit()
         return r
 
     def block_of(self, row: int) -> Block:
@@ -421,17 +449,28 @@ class Rows:
 
     # -- name scopes -------------------------------------------------------------------
 
-    def mark_scope(self, path: str) -> None:
-        """Rows recorded from now on belong to scope ``path`` (``""``: none)."""
+    def mark_scope(self, path: str, row: int | None = None) -> None:
+        """Rows recorded from now on (from ``row`` on, for rows just written in bulk)
+        belong to scope ``path`` (``""``: none)."""
+        row = self.count if row is None else row
+        if row < self._mark_rows[-1]:
+            raise ValueError(f"scope marks go forward: row {row} is before the last mark")
         sid = self._scope_index.get(path)
         if sid is None:
             sid = self._scope_index[path] = len(self._scope_names)
             self._scope_names.append(path)
-        if self._mark_rows[-1] == self.count:
+        if self._mark_rows[-1] == row:
             self._mark_ids[-1] = sid
         else:
-            self._mark_rows.append(self.count)
+            self._mark_rows.append(row)
             self._mark_ids.append(sid)
+
+    def mark_scopes(self, rows: list[int], paths: list[str], then: str) -> None:
+        """Scope marks for rows just written in bulk: from ``rows[k]`` on, ``paths[k]``
+        (``rows`` ascending); from the next row recorded on, ``then``."""
+        for row, path in zip(rows, paths):
+            self.mark_scope(path, row)
+        self.mark_scope(then)
 
     def scope_ids(self) -> np.ndarray:
         """Scope id of every row (index into :meth:`scope_names`)."""

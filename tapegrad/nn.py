@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from . import _npzfile
+from . import _context, _npzfile, _record, ops
 from .engine import Value
 from .tape import scope
 
@@ -33,6 +33,8 @@ ACTIVATIONS = ("relu", "linear", "tanh", "sigmoid")
 
 _REPR_NAMES = {"relu": "ReLU", "linear": "Linear", "tanh": "Tanh", "sigmoid": "Sigmoid"}
 _APPLY = {"relu": Value.relu, "linear": None, "tanh": Value.tanh, "sigmoid": Value.sigmoid}
+_ACT_OPS = {"relu": ops.RELU, "linear": None, "tanh": ops.TANH, "sigmoid": ops.SIGMOID}
+_BULK_MIN = 16          # weights per layer from which bulk recording beats the loop
 
 _FORMAT = "tapegrad.nn/1"     # stored under _META_FORMAT in every saved file
 _META_FORMAT = "__format__"
@@ -378,14 +380,54 @@ class Layer(_Scoped):
         _check_size(nout, "Layer", "outputs")
         _activation(nonlin)            # fail before drawing any weight
         self.neurons = [Neuron(nin, nonlin=nonlin) for _ in range(nout)]
+        self._rows_memo: list = []      # bulk recording: the weights' rows, per tape epoch
+        self._bulk_kinds: list = []     # ... the neurons' (class, activation, size) checked
+        self._bulk_paths: dict[str, list[str]] = {}    # ... their scope paths
         for j, n in enumerate(self.neurons):
             n.name = f"neuron{j}"
         self.name = "layer"           # scope of its rows; an MLP renames it layer<i>
 
     def __call__(self, x: Sequence[Value | float]) -> Value | list[Value]:
         with self._scope():
-            out = [n(x) for n in self.neurons]
+            out = self._record_bulk(x)
+            if out is None:
+                out = [n(x) for n in self.neurons]
         return out[0] if len(out) == 1 else out
+
+    def _record_bulk(self, x: Sequence[Value | float]) -> list[Value] | None:
+        """The neurons' rows written with a few NumPy operations per layer call, the
+        same rows (and scope marks) as calling each neuron; None when this layer must
+        call its neurons: a small layer (the loop is faster), neurons of a subclass or
+        of mixed activations or sizes, inputs that are not all Values of the current
+        tape or all floats, and under ``detect_anomaly``."""
+        ns = self.neurons
+        nin = len(ns[0].w)
+        if len(ns) * nin < _BULK_MIN or not isinstance(x, (list, tuple)) or len(x) != nin:
+            return None
+        kinds = [(type(n), n.activation, len(n.w), n.name) for n in ns]
+        if kinds != self._bulk_kinds:
+            if any(k[:3] != (Neuron, ns[0].activation, nin) for k in kinds):
+                return None
+            self._bulk_kinds = kinds
+            self._bulk_paths = {}
+        t = _record.bulk_target()
+        if t is None:
+            return None
+        if type(x[0]) is not Value:
+            x = [float(v) if type(v) is int and abs(v) <= 2**53 else v for v in x]
+        act = _ACT_OPS[kinds[0][1]]
+        out, first = _record.record_dots(t, [n.w for n in ns], list(x), [n.b for n in ns],
+                                         act, self._rows_memo)
+        if out is None:
+            return None
+        layer = _context.state.scope
+        paths = self._bulk_paths.get(layer)
+        if paths is None:
+            paths = [f"{layer}/{n.name}" if layer else n.name for n in ns]
+            self._bulk_paths[layer] = paths
+        stride = 2 * nin + (act is not None)
+        t.mark_scopes(range(first, first + stride * len(ns), stride), paths, layer)
+        return out
 
     def parameters(self) -> list[Value]:
         return [p for n in self.neurons for p in n.parameters()]
