@@ -14,12 +14,17 @@ _FIRST_BLOCK = 4096       # rows examined first when looking for a closed interv
 BFS_ROUNDS = 64           # frontier rounds ancestors_bfs tries before giving up
 
 
-def consumers(a0: np.ndarray, a1: np.ndarray, n: int) -> np.ndarray:
-    """How many operand slots read each of the rows ``0..n-1`` (negative slots ignored)."""
-    counts = np.zeros(n, np.int64)
+def consumers(a0: np.ndarray, a1: np.ndarray, n: int, nonnegative: bool = False) -> np.ndarray:
+    """How many operand slots read each of the rows ``0..n-1`` (negative slots ignored;
+    ``nonnegative``: the caller knows there are none, which saves two passes)."""
+    counts = None
     for args in (a0, a1):
         args = np.asarray(args)
-        counts += np.bincount(args[args >= 0], minlength=n)[:n]
+        found = np.bincount(args if nonnegative else args[args >= 0], minlength=n)[:n]
+        if counts is None:
+            counts = found
+        else:
+            counts += found
     return counts
 
 

@@ -244,14 +244,16 @@ class Plan:
         this costs a few passes over the interval (no forward schedule)."""
         nl = leaves.size
         n = nl + hi - lo
-        rows = np.concatenate((leaves.astype(np.int64), np.arange(lo, hi, dtype=np.int64)))
+        index = np.int32 if n + (hi - lo) < 2**31 else np.int64   # half the pages to touch
+        rows = np.arange(lo - nl, hi, dtype=np.int64)
+        rows[:nl] = leaves
         op = np.concatenate((cols.op[leaves], cols.op[lo:hi]))
         level = np.concatenate((cols.level[leaves], cols.level[lo:hi]))
         binary = _BINARY[op]
         xy = []
         for args_col in (cols.a0, cols.a1):
             a = args_col[lo:hi]
-            local = np.empty(n, np.int64)
+            local = np.empty(n, index)
             local[:nl] = -1
             tail = local[nl:]
             np.add(a, nl - lo, out=tail, casting="unsafe")
@@ -261,18 +263,19 @@ class Plan:
             tail[a < 0] = -1
             xy.append(local)
         x, y = xy
+        x_imm, y_imm = x < 0, y < 0
         # an immediate gets a constant row only where the partials read it (x * 3 does,
-        # x + 3 does not)
-        needs = binary & ((x < 0) | (y < 0)) & READS_OPERANDS[op]
-        at = np.flatnonzero(needs)
+        # x + 3 does not); other empty slots point at the sink
+        at = np.flatnonzero(binary & (x_imm | y_imm) & READS_OPERANDS[op])
         const_values = np.concatenate((cols.const[leaves], cols.const[lo:hi]))[at]
         sink = n + at.size
-        const_row = np.full(n, sink, np.int64)
-        const_row[at] = n + np.arange(at.size)
-        index = np.int32 if sink < 2**31 else np.int64    # half the pages to touch
-        fill = np.where(binary, const_row, sink).astype(index)
-        x = np.where(x >= 0, x.astype(index), fill)
-        y = np.where(y >= 0, y.astype(index), fill)
+        x[x_imm] = sink
+        y[y_imm] = sink
+        const_rows = np.arange(n, sink, dtype=index)
+        on_x = x_imm[at]
+        x[at[on_x]] = const_rows[on_x]
+        on_x = ~on_x
+        y[at[on_x]] = const_rows[on_x]
         evaluated = np.flatnonzero(level > 0)
         plan_leaves = np.flatnonzero(level == 0)
         return cls(rows, const_values, x, y, op, level, evaluated, plan_leaves)
@@ -479,19 +482,25 @@ class Backward:
     ``exact``: every row of the plan is an ancestor of the output. When not, a reach
     mask travels with the adjoints so that rows that do not reach the output neither
     receive a gradient nor pass on ``0 * inf = nan``; :attr:`reached` holds it.
+    ``None``: find out (every row with partials but the output has a reader with
+    partials; following readers up from any row then ends at the output).
     """
 
-    def __init__(self, plan: Plan, output: int, exact: bool = True) -> None:
+    def __init__(self, plan: Plan, output: int, exact: bool | None = True) -> None:
         self.plan = plan
         self.output = output                  # local row
-        self.exact = exact
         self.reached: np.ndarray | None = None
         self.anomaly_found: tuple[int, int, float, float] | None = None
         ev = plan.evaluated
         rows = ev[_DIFFERENTIABLE[plan.op[ev]]]
         self.rows = rows                      # local rows with partials, ascending
         size, sink = plan.size, plan.sink
-        fan = _graph.consumers(plan.x[rows], plan.y[rows], size)
+        # operands are local rows, constants or the sink: never negative
+        fan = _graph.consumers(plan.x[rows], plan.y[rows], size, nonnegative=True)
+        if exact is None:
+            unread = rows[fan[rows] == 0]
+            exact = unread.size == 0 or (unread.size == 1 and unread[0] == output)
+        self.exact = exact
         has_partials = np.zeros(size, bool)
         has_partials[rows] = True
         index = np.int32 if 2 * size < 2**31 else np.int64

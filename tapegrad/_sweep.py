@@ -241,18 +241,12 @@ def _leaf_shares(t: Rows, shares: dict[int, float]) -> None:
             leaf.grad += g
 
 
-def _interval(cols: Columns, root: int) -> tuple[int, np.ndarray, bool]:
-    """``lo`` of the root's closed interval, the leaves before it that the interval
-    reads, and whether every interval row reaches the root."""
+def _interval(cols: Columns, root: int) -> tuple[int, np.ndarray]:
+    """``lo`` of the root's closed interval and the leaves before it that it reads."""
     lo = _graph.closure_start(cols.low, root)
     a0, a1 = cols.a0[lo: root + 1], cols.a1[lo: root + 1]
     before = np.concatenate((a0[(a0 >= 0) & (a0 < lo)], a1[(a1 >= 0) & (a1 < lo)]))
-    leaves = np.unique(before).astype(np.int64)
-    # an interval row nobody in the interval reads (but the root) does not reach it
-    read = _graph.consumers(a0 - lo, a1 - lo, root + 1 - lo)
-    read[-1] = 1
-    exact = not ((cols.level[lo: root + 1] > 0) & (read == 0)).any()
-    return lo, leaves, exact
+    return lo, np.unique(before).astype(np.int64)
 
 
 def _schedule(t: Rows, cols: Columns, root: int) -> tuple[Plan, Backward]:
@@ -271,13 +265,14 @@ def _schedule(t: Rows, cols: Columns, root: int) -> tuple[Plan, Backward]:
         plan = Plan.build(cols, exact, np.empty(0, np.int64), schedule=False)
         entry = (plan, Backward(plan, plan.rows.size - 1, True))
     else:
-        lo, leaves, exact = _interval(cols, root)
+        lo, leaves = _interval(cols, root)
         plan = Plan.for_backward(cols, leaves, lo, root + 1)
         last = t.plan(("structure",))
         if last is not None and last[0].same_structure(plan):
             entry = (plan, last[1])
         else:
-            entry = (plan, Backward(plan, plan.rows.size - 1, exact))   # root: last row
+            # root: the last row; whether all interval rows reach it, Backward finds out
+            entry = (plan, Backward(plan, plan.rows.size - 1, exact=None))
             t.remember(("structure",), entry, kept=1)
     t.remember(("backward", root), entry, _PLANS_KEPT)
     return entry
