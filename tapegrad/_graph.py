@@ -264,12 +264,12 @@ def dependency_bits(a0: np.ndarray, a1: np.ndarray, level: np.ndarray,
                     sources: np.ndarray) -> np.ndarray:
     """Which of ``sources`` each row depends on, as packed bit rows.
 
-    Returns an array of shape ``(n, ceil(len(sources) / 8))`` of ``uint8`` (bit ``j`` in
+    Returns an array of shape ``(n + 1, ceil(len(sources) / 8))`` of ``uint8`` (bit ``j`` in
     the order of :func:`numpy.packbits`, so ``np.unpackbits(bits, axis=1,
     count=len(sources))`` gives a boolean matrix): row ``sources[j]`` has bit ``j``, and
     every row with operands the union of its operands' bits, one vectorized step per
     level, lowest first. Pass ``-1`` operands to cut an edge (an op whose partials are
-    structurally zero).
+    structurally zero). The extra last row (what index ``-1`` reads) is all zeros.
     """
     n = level.size
     k = len(sources)
