@@ -284,7 +284,7 @@ def dependency_bits(a0: np.ndarray, a1: np.ndarray, level: np.ndarray,
     for s, e in zip(starts[:-1].tolist(), starts[1:].tolist()):
         g = rows[s:e]
         bits[g] = bits[a0[g]] | bits[a1[g]]
-    return bits[:n]
+    return bits
 
 
 def bit_pairs(left: np.ndarray, right: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -292,10 +292,13 @@ def bit_pairs(left: np.ndarray, right: np.ndarray, count: int) -> tuple[np.ndarr
     of packed bit rows (:func:`dependency_bits`), without repeats, sorted."""
     if left.shape[0] == 0:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    both = np.unique(np.concatenate((left, right), axis=1), axis=0)
+    both = np.ascontiguousarray(np.concatenate((left, right), axis=1))
     w = left.shape[1]
+    distinct = {}
+    for k, key in enumerate(map(bytes, both)):      # hashing beats a sort of wide rows
+        distinct.setdefault(key, k)
     codes = []
-    for row in both:
+    for row in both[list(distinct.values())]:
         i = np.flatnonzero(np.unpackbits(row[:w], count=count))
         j = np.flatnonzero(np.unpackbits(row[w:], count=count))
         if i.size and j.size:

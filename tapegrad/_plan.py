@@ -691,10 +691,16 @@ class Directional:
         pos = pos[by_level]
         self.groups = [pos[a:b] for a, b in zip(starts[:-1].tolist(), starts[1:].tolist())]
         self.m = order.size
+        # slots reading an immediate or nothing: their partial (pow's d/dy of x ** 2 at
+        # x < 0 is nan) must not meet the zero tangent there
+        self.unused = np.flatnonzero(np.concatenate((backward.t0, backward.t1)) >= n)
 
     def partials(self, values: np.ndarray) -> np.ndarray:
-        """Local partials of every row with partials (:meth:`Backward.partials`)."""
-        return self.backward.partials(values)
+        """Local partials of every row with partials (:meth:`Backward.partials`), zero
+        in slots that do not read a row."""
+        part = self.backward.partials(values)
+        part[self.unused] = 0.0
+        return part
 
     def forward(self, part: np.ndarray, tangents: np.ndarray, check=None) -> np.ndarray:
         """Propagate ``tangents`` (seeded at the sources, zero elsewhere) in place."""
