@@ -177,6 +177,6 @@ def copy_rows(cols: Any, rows: np.ndarray, name: str | None = None) -> Tape:
     tape.rows_object().load_columns({
         "op": cols.op[rows], "args": args, "const": cols.const[rows],
         "value": cols.value[rows], "grad": np.zeros(n), "level": cols.level[rows],
-        "labels": {}, "scopes": [], "mark_rows": np.zeros(0, np.int64),
-        "mark_ids": np.zeros(0, np.int64)})
+        "labels": {}, "scopes": [""], "mark_rows": np.zeros(1, np.int64),
+        "mark_ids": np.zeros(1, np.int64)})
     return tape
