@@ -5,14 +5,26 @@ vectorized reverse sweep over integer opcodes.
 """
 
 from ._plan import GuardError
+from .derivatives import grad
 from .engine import Value
 from .function import Function
-from .functions import atan2, clip, defop, dot, expm1, leaky_relu, log1p, maximum, minimum
+from .functions import (
+    atan2,
+    clip,
+    defop,
+    dot,
+    expm1,
+    heaviside,
+    leaky_relu,
+    log1p,
+    maximum,
+    minimum,
+)
 from .functions import sum as sum  # tapegrad.sum, kept out of __all__
 from .profiler import profile
 from .tape import ResetTapeError, Tape, current_tape, detect_anomaly, scope
 
 __all__ = ["Value", "Tape", "Function", "current_tape", "scope", "detect_anomaly", "profile",
            "ResetTapeError", "GuardError", "defop", "atan2", "log1p", "expm1", "leaky_relu",
-           "maximum", "minimum", "clip", "dot"]
+           "maximum", "minimum", "clip", "heaviside", "dot", "grad"]
 __version__ = "0.1.0"

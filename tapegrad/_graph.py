@@ -263,3 +263,90 @@ def descendants(a0: np.ndarray, a1: np.ndarray, level: np.ndarray,
         hit = group[mark[a0[group]] | mark[a1[group]]]
         mark[hit] = True
     return mark[:n]
+
+
+def dependency_bits(a0: np.ndarray, a1: np.ndarray, level: np.ndarray,
+                    sources: np.ndarray) -> np.ndarray:
+    """Which of ``sources`` each row depends on, as packed bit rows.
+
+    Returns an array of shape ``(n + 1, ceil(len(sources) / 8))`` of ``uint8`` (bit ``j`` in
+    the order of :func:`numpy.packbits`, so ``np.unpackbits(bits, axis=1,
+    count=len(sources))`` gives a boolean matrix): row ``sources[j]`` has bit ``j``, and
+    every row with operands the union of its operands' bits, one vectorized step per
+    level, lowest first. Pass ``-1`` operands to cut an edge (an op whose partials are
+    structurally zero). The extra last row (what index ``-1`` reads) is all zeros.
+    """
+    n = level.size
+    k = len(sources)
+    bits = np.zeros((n + 1, max(1, (k + 7) // 8)), np.uint8)     # last row: the -1 operand
+    j = np.arange(k)
+    np.bitwise_or.at(bits, (np.asarray(sources, np.int64), j // 8),
+                     (1 << (7 - j % 8)).astype(np.uint8))
+    has = (a0 >= 0) | (a1 >= 0)
+    rows = np.flatnonzero(has & (level > 0))
+    order, starts = level_groups(level[rows], descending=False)
+    rows = rows[order]
+    for s, e in zip(starts[:-1].tolist(), starts[1:].tolist()):
+        g = rows[s:e]
+        bits[g] = bits[a0[g]] | bits[a1[g]]
+    return bits
+
+
+def bit_pairs(left: np.ndarray, right: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates ``(i, j)`` of the union over ``k`` of the products ``left[k] x right[k]``
+    of packed bit rows (:func:`dependency_bits`), without repeats, sorted."""
+    if left.shape[0] == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    both = np.ascontiguousarray(np.concatenate((left, right), axis=1))
+    w = left.shape[1]
+    distinct = {}
+    for k, key in enumerate(map(bytes, both)):      # hashing beats a sort of wide rows
+        distinct.setdefault(key, k)
+    codes = []
+    for row in both[list(distinct.values())]:
+        i = np.flatnonzero(np.unpackbits(row[:w], count=count))
+        j = np.flatnonzero(np.unpackbits(row[w:], count=count))
+        if i.size and j.size:
+            codes.append((i[:, None] * count + j[None, :]).ravel())
+    if not codes:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    flat = np.unique(np.concatenate(codes))
+    return flat // count, flat % count
+
+
+def colour_columns(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Greedy distance-2 colouring of the columns of a sparsity pattern.
+
+    Columns ``j`` and ``k`` get different colours when some row has entries in both
+    (so a product of the matrix with the sum of one colour's unit vectors holds each
+    of their entries alone in its row). ``rows``, ``cols``: coordinates of the
+    entries. Columns are coloured in order with the smallest colour their
+    neighbours do not use; returns the colour of each column (``0..C-1``).
+    """
+    m, n = shape
+    rows = np.asarray(rows, np.int64)
+    cols = np.asarray(cols, np.int64)
+    by_col = np.argsort(cols, kind="stable")
+    col_start = np.searchsorted(cols[by_col], np.arange(n + 1))
+    col_rows = rows[by_col]
+    by_row = np.argsort(rows, kind="stable")
+    row_start = np.searchsorted(rows[by_row], np.arange(m + 1))
+    row_cols = cols[by_row]
+    colour = np.full(n, -1, np.int64)
+    col_start_l, row_start_l = col_start.tolist(), row_start.tolist()
+    for j in range(n):
+        rs = col_rows[col_start_l[j]: col_start_l[j + 1]]
+        if rs.size == 0:
+            colour[j] = 0
+            continue
+        neighbours = np.concatenate([row_cols[row_start_l[i]: row_start_l[i + 1]]
+                                     for i in rs.tolist()])
+        used = colour[neighbours]
+        used = used[used >= 0]
+        if used.size == 0:
+            colour[j] = 0
+            continue
+        taken = np.zeros(int(used.max()) + 2, bool)
+        taken[used] = True
+        colour[j] = int(np.argmin(taken))
+    return colour

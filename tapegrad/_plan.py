@@ -671,3 +671,68 @@ def _scatter(adj: np.ndarray, reach: np.ndarray | None, tgt: np.ndarray, part: n
         w[~live] = 0.0
         reach[tgt[live]] = True
     np.add.at(adj, tgt, w)
+
+
+class Directional:
+    """Forward (JVP) and reverse (VJP) sweeps of a plan over many directions at once.
+
+    Reuses a :class:`Backward`'s layout and local partials (:meth:`Backward.partials`)
+    and sweeps only the rows on a path from some source (inputs) to some target
+    (outputs): ascending level groups for tangents, ``t[row] = p0 * t[x] + p1 * t[y]``;
+    descending ones for adjoints, ``np.add.at`` as in :meth:`Backward.run`. Tangents
+    and adjoints carry a trailing axis of directions after the value array's shape:
+    ``(size, K)`` for one sample, ``(size, B, K)`` for a batch.
+    """
+
+    def __init__(self, backward: Backward, sources: np.ndarray, targets: np.ndarray) -> None:
+        plan = backward.plan
+        self.backward = backward
+        self.sources = np.asarray(sources, np.int64)
+        self.targets = np.asarray(targets, np.int64)
+        n = plan.rows.size
+        x = np.where(plan.x < n, plan.x, -1).astype(np.int64)
+        y = np.where(plan.y < n, plan.y, -1).astype(np.int64)
+        live = (_graph.descendants(x, y, plan.level, self.sources, n)
+                & _graph.ancestors(x, y, plan.level, self.targets))
+        order = backward.order
+        pos = np.flatnonzero(live[order])
+        by_level, starts = _graph.level_groups(plan.level[order[pos]], descending=False)
+        pos = pos[by_level]
+        self.groups = [pos[a:b] for a, b in zip(starts[:-1].tolist(), starts[1:].tolist())]
+        self.m = order.size
+        # slots reading an immediate or nothing: their partial (pow's d/dy of x ** 2 at
+        # x < 0 is nan) must not meet the zero tangent there
+        self.unused = np.flatnonzero(np.concatenate((backward.t0, backward.t1)) >= n)
+
+    def partials(self, values: np.ndarray) -> np.ndarray:
+        """Local partials of every row with partials (:meth:`Backward.partials`), zero
+        in slots that do not read a row."""
+        part = self.backward.partials(values)
+        part[self.unused] = 0.0
+        return part
+
+    def forward(self, part: np.ndarray, tangents: np.ndarray, check=None) -> np.ndarray:
+        """Propagate ``tangents`` (seeded at the sources, zero elsewhere) in place."""
+        order, t0, t1, m = self.backward.order, self.backward.t0, self.backward.t1, self.m
+        with np.errstate(all="ignore"):
+            for p in self.groups:
+                w0 = part[p][..., None] * tangents[t0[p]]
+                w1 = part[m + p][..., None] * tangents[t1[p]]
+                if check is not None:
+                    check(p, w0, w1, tangents)
+                tangents[order[p]] = w0 + w1
+        return tangents
+
+    def reverse(self, part: np.ndarray, adjoints: np.ndarray, check=None) -> np.ndarray:
+        """Propagate ``adjoints`` (seeded at the targets) to every row, in place."""
+        order, t0, t1, m = self.backward.order, self.backward.t0, self.backward.t1, self.m
+        with np.errstate(all="ignore"):
+            for p in reversed(self.groups):
+                g = adjoints[order[p]]
+                w0 = part[p][..., None] * g
+                w1 = part[m + p][..., None] * g
+                if check is not None:
+                    check(p, w0, w1, adjoints)
+                np.add.at(adjoints, t0[p], w0)
+                np.add.at(adjoints, t1[p], w1)
+        return adjoints

@@ -184,6 +184,16 @@ class Value:
         """``self`` where it is positive, else ``slope * self`` (one row)."""
         return self._leaky_relu(slope)
 
+    _heaviside = binary(ops.HEAVISIDE)
+
+    def heaviside(self, at_zero: Value | float = 0.5) -> Value:
+        """1 where ``self > 0``, 0 where it is negative, ``at_zero`` at 0 (one row).
+
+        A data op, not a comparison: a replay where the sign changes is fine. Its
+        derivative is 0.
+        """
+        return self._heaviside(at_zero)
+
     # -- comparisons: Python bools, recorded as guards a replay checks ---------------------
 
     __lt__ = compare(ops.LT)

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from . import _context, _graph
-from ._plan import Backward, Plan
+from ._plan import Backward, Directional, Plan
 from ._sweep import raise_anomaly
 from .engine import Value
-from .ops import GUARDS
+from .ops import GUARDS, OPS
 
 __all__ = ["Function"]
 
@@ -145,6 +145,9 @@ class Function:
         self._in_local = self._plan.local(self._in_rows)
         self._out_local = self._plan.local(self._out_rows)
         self._backward: Backward | None = None
+        self._directional: Directional | None = None
+        self._gradient: tuple | None = None       # (Function of the gradient, leaf positions)
+        self._patterns: dict = {}
         self._epoch = t.epoch
 
     def _guards_to_check(self, cols: Any) -> np.ndarray:
@@ -290,9 +293,494 @@ class Function:
         g = np.concatenate(grads)
         return (float(v[0]), g[0]) if one else (v, g)
 
+    # -- derivatives beyond one gradient (docs/derivatives.md) --------------------------
+
+    def _sweeps(self) -> Directional:
+        self._compile()
+        if self._directional is None:
+            if self._backward is None:
+                self._backward = Backward(self._plan, int(self._out_local[0]),
+                                          exact=self._guards.size == 0)
+            self._directional = Directional(self._backward, self._in_local, self._out_local)
+        return self._directional
+
+    def directional(self, batch: object, seeds: object, reverse: bool = False) -> np.ndarray:
+        """Many directional derivatives at once: ``J @ S`` or ``J.T @ S`` per sample.
+
+        The kernel of :meth:`jacobian`, :meth:`jvp` and :meth:`vjp`: one forward
+        replay and one set of local partials per chunk of samples, all ``K``
+        directions swept together along a trailing axis.
+
+        Parameters
+        ----------
+        batch : array_like
+            Inputs, shape ``(B, n_in)``.
+        seeds : array_like
+            Forward: input tangents ``(B, n_in, K)``. Reverse: output cotangents
+            ``(B, n_out, K)``.
+        reverse : bool
+            Reverse mode (vector-Jacobian products) instead of forward mode.
+
+        Returns
+        -------
+        numpy.ndarray
+            Forward: ``(B, n_out, K)`` (``J @ S``). Reverse: ``(B, n_in, K)``
+            (``J.T @ S``).
+
+        Raises
+        ------
+        ValueError
+            If ``batch`` or ``seeds`` has the wrong shape.
+        GuardError
+            If a recorded comparison comes out differently for some sample.
+        """
+        self._compile()
+        batch = np.asarray(batch, np.float64)
+        seeds = np.asarray(seeds, np.float64)
+        n_src = self.n_outputs if reverse else self.n_inputs
+        if batch.ndim != 2 or batch.shape[1] != self.n_inputs:
+            raise ValueError(f"batch must have shape (B, {self.n_inputs}), got {batch.shape}")
+        if seeds.ndim != 3 or seeds.shape[:2] != (batch.shape[0], n_src):
+            raise ValueError(f"seeds must have shape ({batch.shape[0]}, {n_src}, K), got "
+                             f"{seeds.shape}")
+        sw = self._sweeps()
+        src = self._out_local if reverse else self._in_local
+        dst = self._in_local if reverse else self._out_local
+        n_samples, _, k_total = seeds.shape
+        out = np.empty((n_samples, dst.size, k_total))
+        per = 8 * self._plan.size
+        kstep = max(1, min(k_total, _CHUNK_BYTES // per))
+        bstep = max(1, _CHUNK_BYTES // (per * (kstep + 3)))
+        check = self._anomaly_check(sw, reverse) if _context.anomaly.depth else None
+        for b0 in range(0, n_samples, bstep):
+            values = self._values(batch[b0: b0 + bstep])
+            self._run(values)
+            part = sw.partials(values)
+            one = values.ndim == 1
+            for k0 in range(0, k_total, kstep):
+                s = seeds[b0: b0 + bstep, :, k0: k0 + kstep]
+                arr = np.zeros(values.shape + (s.shape[2],))
+                seed = s[0] if one else s.transpose(1, 0, 2)
+                if reverse:
+                    np.add.at(arr, src, seed)
+                    sw.reverse(part, arr, check)
+                else:
+                    arr[src] = seed
+                    sw.forward(part, arr, check)
+                res = arr[dst]
+                out[b0: b0 + bstep, :, k0: k0 + kstep] = res[None] if one else \
+                    res.transpose(1, 0, 2)
+        return out
+
+    def _anomaly_check(self, sw: Directional, reverse: bool):
+        """Under detect_anomaly: a check raising FloatingPointError at the first row whose
+        local partial times a finite tangent (adjoint) is nan or inf."""
+        bw = sw.backward
+        n = self._plan.rows.size
+        kind = "adjoint" if reverse else "tangent"
+
+        def check(p: np.ndarray, w0: np.ndarray, w1: np.ndarray, arr: np.ndarray) -> None:
+            for slot, w, operand in ((0, w0, bw.t0[p]), (1, w1, bw.t1[p])):
+                src = arr[bw.order[p]] if reverse else arr[operand]
+                real = (operand < n).reshape((-1,) + (1,) * (w.ndim - 1))
+                bad = ~np.isfinite(w) & np.isfinite(src) & real
+                if bad.any():
+                    at = np.argwhere(bad)[0]
+                    local = int(bw.order[p][at[0]])
+                    row = int(self._plan.rows[local])
+                    raise FloatingPointError(
+                        f"detect_anomaly: {'reverse' if reverse else 'forward'}-mode "
+                        f"derivative through {OPS[self._plan.op[local]].name} at row {row} of "
+                        f"tape {self._tape.name!r}{self._tape.describe(row)}: its local "
+                        f"partial w.r.t. operand {slot} times a finite {kind} is "
+                        f"{w[tuple(at)]!r}")
+        return check
+
+    def _like(self, v: object, n: int, samples: int, one: bool, name: str) -> np.ndarray:
+        """``v`` as float64 ``(samples, n)``, checked against the expected shape."""
+        try:
+            arr = np.asarray(v)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{name} must be an array of real numbers: {err}") from None
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"{name} must be real numbers, got dtype {arr.dtype}")
+        want = (n,) if one else (samples, n)
+        if arr.shape != want:
+            raise ValueError(f"{name} must have shape {want} to match x, got {arr.shape}")
+        return arr.astype(np.float64).reshape(samples, n)
+
+    def jacobian(self, x: object, sparse: bool = False) -> Any:
+        """Jacobian of the outputs w.r.t. the inputs, per sample.
+
+        Dense: forward mode (one tangent per input) when ``n_in <= n_out``, else
+        reverse mode (one adjoint per output), all directions in one sweep.
+        ``sparse=True``: one sample; the pattern (:meth:`jacobian_sparsity`) is
+        compressed by a greedy distance-2 colouring of its columns (forward) or rows
+        (reverse), whichever needs fewer colours, and each colour costs one sweep.
+
+        Parameters
+        ----------
+        x : array_like
+            Real numbers of shape ``(n_in,)`` or ``(B, n_in)`` (dense only).
+        sparse : bool
+            Evaluate only the structurally non-zero entries.
+
+        Returns
+        -------
+        numpy.ndarray or scipy.sparse.csr_matrix or tuple
+            Dense: shape ``(n_out, n_in)``, or ``(B, n_out, n_in)``. Sparse: a CSR
+            matrix ``(n_out, n_in)`` if SciPy is importable, else ``(rows, cols,
+            values)`` coordinate arrays.
+
+        Raises
+        ------
+        ValueError
+            If ``x`` has the wrong shape (or is a batch with ``sparse=True``).
+        GuardError
+            If a recorded comparison comes out differently for some sample.
+        FloatingPointError
+            Under :class:`detect_anomaly`, for a nan or inf value or derivative.
+        """
+        self._compile()
+        batch, one = self._batch(x)
+        n_in, n_out = self.n_inputs, self.n_outputs
+        if sparse:
+            return self._sparse_jacobian(batch, one)
+        b = batch.shape[0]
+        if b == 0:
+            return np.empty((0, n_out, n_in))
+        if n_in <= n_out:
+            jac = self.directional(batch, np.broadcast_to(np.eye(n_in), (b, n_in, n_in)), False)
+        else:
+            jac = self.directional(batch, np.broadcast_to(np.eye(n_out), (b, n_out, n_out)),
+                                   True).transpose(0, 2, 1)
+        return jac[0] if one else jac
+
+    def jvp(self, x: object, v: object) -> np.ndarray:
+        """Jacobian-vector product ``J(x) @ v`` per sample (forward mode, one sweep).
+
+        Parameters
+        ----------
+        x : array_like
+            Shape ``(n_in,)`` or ``(B, n_in)``.
+        v : array_like
+            Tangents of the inputs, shaped like ``x``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(n_out,)``, or ``(B, n_out)``.
+
+        Raises
+        ------
+        ValueError
+            If ``x`` or ``v`` has the wrong shape.
+        GuardError
+            If a recorded comparison comes out differently for some sample.
+        """
+        self._compile()
+        batch, one = self._batch(x)
+        tangents = self._like(v, self.n_inputs, batch.shape[0], one, "v (tangents)")
+        out = self.directional(batch, tangents[:, :, None], False)[:, :, 0]
+        return out[0] if one else out
+
+    def vjp(self, x: object, u: object) -> np.ndarray:
+        """Vector-Jacobian product ``u @ J(x)`` per sample (reverse mode, one sweep).
+
+        Parameters
+        ----------
+        x : array_like
+            Shape ``(n_in,)`` or ``(B, n_in)``.
+        u : array_like
+            Cotangents of the outputs: shape ``(n_out,)``, or ``(B, n_out)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(n_in,)``, or ``(B, n_in)``.
+
+        Raises
+        ------
+        ValueError
+            If ``x`` or ``u`` has the wrong shape.
+        GuardError
+            If a recorded comparison comes out differently for some sample.
+        """
+        self._compile()
+        batch, one = self._batch(x)
+        cot = self._like(u, self.n_outputs, batch.shape[0], one, "u (cotangents)")
+        out = self.directional(batch, cot[:, :, None], True)[:, :, 0]
+        return out[0] if one else out
+
+    def _one_output(self, what: str) -> None:
+        if self.n_outputs != 1:
+            raise ValueError(f"{what} needs a Function with one output, this one has "
+                             f"{self.n_outputs}")
+
+    def gradient_function(self) -> Function:
+        """The gradient as a recorded Function (one output only), built once.
+
+        The rows this Function evaluates are copied to a private tape
+        (:func:`tapegrad.derivatives.copy_rows`; the user's tape does not grow) and the
+        reverse sweep is recorded there by :func:`tapegrad.grad`. Its inputs are all
+        leaves the output reads (the inputs, then the other leaves, in row order), its
+        outputs the ``n_in`` partial derivatives. Hessians are its Jacobian.
+
+        Returns
+        -------
+        Function
+
+        Raises
+        ------
+        ValueError
+            If the Function has more than one output.
+        NotImplementedError
+            If an op on the way has no Value-level rule (see :func:`tapegrad.grad`).
+        """
+        return self._gradient_program()[0]
+
+    def _gradient_program(self) -> tuple:
+        self._one_output("the gradient program")
+        self._compile()
+        if self._gradient is None:
+            from .derivatives import copy_rows, grad
+            plan = self._plan
+            copy = copy_rows(self._tape.columns(), plan.rows, f"{self._tape.name}-gradient")
+            leaves = [copy.value(int(r)) for r in plan.leaves]
+            grads = grad(copy.value(int(self._out_local[0])),
+                         [copy.value(int(r)) for r in self._in_local])
+            pos = np.searchsorted(plan.leaves, self._in_local)
+            embed = np.zeros((plan.leaves.size, self.n_inputs))
+            embed[pos, np.arange(self.n_inputs)] = 1.0
+            self._gradient = (Function(leaves, grads), pos, embed)
+        return self._gradient
+
+    def _gradient_directions(self, batch: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+        """Hessian times ``seeds`` ``(B, n_in, K)``: forward mode over the gradient
+        program, the non-input leaves at their current values."""
+        fn, pos, embed = self._gradient_program()
+        leaves = np.repeat(self._leaf_values()[None, :], batch.shape[0], axis=0)
+        leaves[:, pos] = batch
+        return fn.directional(leaves, np.einsum("li,bik->blk", embed, seeds), False)
+
+    def hessian(self, x: object, sparse: bool = False) -> Any:
+        """Hessian of the output w.r.t. the inputs, per sample (one output only).
+
+        The Jacobian of the recorded gradient program (:meth:`gradient_function`) by
+        forward mode: ``n_in`` tangents in one sweep (forward over reverse).
+        ``sparse=True``: one sample; the pattern (:meth:`hessian_sparsity`) is
+        compressed by a greedy distance-2 column colouring, one Hessian-vector product
+        per colour.
+
+        Parameters
+        ----------
+        x : array_like
+            Shape ``(n_in,)`` or ``(B, n_in)`` (dense only).
+        sparse : bool
+            Evaluate only the structurally non-zero entries.
+
+        Returns
+        -------
+        numpy.ndarray or scipy.sparse.csr_matrix or tuple
+            Dense: ``(n_in, n_in)`` or ``(B, n_in, n_in)``. Sparse: a CSR matrix if
+            SciPy is importable, else ``(rows, cols, values)``.
+
+        Raises
+        ------
+        ValueError
+            If the Function has more than one output, or ``x`` has the wrong shape.
+        GuardError
+            If a recorded comparison comes out differently for some sample.
+        NotImplementedError
+            If an op has no Value-level rule (see :func:`tapegrad.grad`).
+        """
+        self._one_output("hessian")
+        self._compile()
+        batch, one = self._batch(x)
+        n = self.n_inputs
+        if sparse:
+            return self._sparse_hessian(batch, one)
+        b = batch.shape[0]
+        if b == 0:
+            return np.empty((0, n, n))
+        hess = self._gradient_directions(batch, np.broadcast_to(np.eye(n), (b, n, n)))
+        return hess[0] if one else hess
+
+    def hvp(self, x: object, v: object) -> np.ndarray:
+        """Hessian-vector product ``H(x) @ v`` per sample (one output only; one sweep).
+
+        Parameters
+        ----------
+        x : array_like
+            Shape ``(n_in,)`` or ``(B, n_in)``.
+        v : array_like
+            Shaped like ``x``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(n_in,)``, or ``(B, n_in)``.
+
+        Raises
+        ------
+        ValueError
+            If the Function has more than one output, or ``x``/``v`` has the wrong shape.
+        GuardError
+            If a recorded comparison comes out differently for some sample.
+        """
+        self._one_output("hvp")
+        self._compile()
+        batch, one = self._batch(x)
+        vec = self._like(v, self.n_inputs, batch.shape[0], one, "v")
+        out = self._gradient_directions(batch, vec[:, :, None])[:, :, 0]
+        return out[0] if one else out
+
+    # -- sparsity ---------------------------------------------------------------------
+
+    def _structure(self) -> tuple:
+        """Operand columns with structurally zero edges cut (-1), and the packed
+        dependency bits of every local row on the inputs."""
+        found = self._patterns.get("structure")
+        if found is None:
+            plan = self._plan
+            n = plan.rows.size
+            differentiable = np.array([op.partials is not None and not op.zero_partials
+                                       for op in OPS])[plan.op]
+            x = np.where(differentiable & (plan.x < n), plan.x, -1).astype(np.int64)
+            y = np.where(differentiable & (plan.y < n), plan.y, -1).astype(np.int64)
+            bits = _graph.dependency_bits(x, y, plan.level, self._in_local)
+            found = self._patterns["structure"] = (x, y, bits)
+        return found
+
+    def _jacobian_pattern(self) -> tuple[np.ndarray, np.ndarray]:
+        self._compile()
+        found = self._patterns.get("jacobian")
+        if found is None:
+            _, _, bits = self._structure()
+            dense = np.unpackbits(bits[self._out_local], axis=1, count=self.n_inputs)
+            found = self._patterns["jacobian"] = np.nonzero(dense)
+        return found
+
+    def _hessian_pattern(self) -> tuple[np.ndarray, np.ndarray]:
+        self._one_output("hessian_sparsity")
+        self._compile()
+        found = self._patterns.get("hessian")
+        if found is None:
+            plan = self._plan
+            x, y, bits = self._structure()
+            n = plan.rows.size
+            reach = _graph.ancestors(x, y, plan.level, self._out_local)
+            rows = np.flatnonzero(reach & (plan.level > 0))
+            codes = plan.op[rows]
+            left, right = [], []
+            for kind, (a, b) in (("xx", (x, x)), ("xy", (x, y)), ("yy", (y, y))):
+                has = np.array([kind in op.curvature.split() for op in OPS])[codes]
+                r = rows[has]
+                left.append(bits[a[r]])
+                right.append(bits[b[r]])
+            i, j = _graph.bit_pairs(np.concatenate(left), np.concatenate(right),
+                                    self.n_inputs)
+            flat = np.unique(np.concatenate((i * self.n_inputs + j, j * self.n_inputs + i)))
+            found = self._patterns["hessian"] = (flat // self.n_inputs, flat % self.n_inputs)
+            del n
+        return found
+
+    def jacobian_sparsity(self) -> np.ndarray:
+        """Which Jacobian entries can be non-zero, from the recorded structure.
+
+        Entry ``(i, j)`` is True when output ``i`` depends on input ``j`` through ops
+        whose partials are not structurally zero (``heaviside`` and comparisons cut a
+        dependency). It does not depend on input values.
+
+        Returns
+        -------
+        numpy.ndarray
+            Booleans of shape ``(n_out, n_in)``.
+        """
+        i, j = self._jacobian_pattern()
+        out = np.zeros((self.n_outputs, self.n_inputs), bool)
+        out[i, j] = True
+        return out
+
+    def hessian_sparsity(self) -> np.ndarray:
+        """Which Hessian entries can be non-zero (one output only), from the structure.
+
+        The union, over the rows the output depends on, of the nonlinear interactions
+        of each op (``curvature`` in the op table): ``x * y`` couples the inputs ``x``
+        depends on with those of ``y``; ``tanh(x)`` couples those of ``x`` with
+        themselves; ``+ - neg``, ``x * 3`` and piecewise-linear ops add nothing.
+        Symmetric; independent of input values.
+
+        Returns
+        -------
+        numpy.ndarray
+            Booleans of shape ``(n_in, n_in)``.
+
+        Raises
+        ------
+        ValueError
+            If the Function has more than one output.
+        """
+        i, j = self._hessian_pattern()
+        out = np.zeros((self.n_inputs, self.n_inputs), bool)
+        out[i, j] = True
+        return out
+
+    def _sparse_jacobian(self, batch: np.ndarray, one: bool) -> Any:
+        if not one:
+            raise ValueError(f"jacobian(x, sparse=True) takes one sample of shape "
+                             f"({self.n_inputs},), got {batch.shape}; call it per sample")
+        i, j = self._jacobian_pattern()
+        n_out, n_in = self.n_outputs, self.n_inputs
+        by_col = _graph.colour_columns(i, j, (n_out, n_in))
+        by_row = _graph.colour_columns(j, i, (n_in, n_out))
+        cols_c = int(by_col.max()) + 1 if by_col.size else 0
+        rows_c = int(by_row.max()) + 1 if by_row.size else 0
+        if i.size == 0:
+            return _sparse_result(i, j, np.zeros(0), (n_out, n_in))
+        if cols_c <= rows_c:
+            seeds = np.zeros((n_in, cols_c))
+            seeds[np.arange(n_in), by_col] = 1.0
+            compressed = self.directional(batch, seeds[None], False)[0]
+            values = compressed[i, by_col[j]]
+            self._last_colours = cols_c
+        else:
+            seeds = np.zeros((n_out, rows_c))
+            seeds[np.arange(n_out), by_row] = 1.0
+            compressed = self.directional(batch, seeds[None], True)[0]
+            values = compressed[j, by_row[i]]
+            self._last_colours = rows_c
+        return _sparse_result(i, j, values, (n_out, n_in))
+
+    def _sparse_hessian(self, batch: np.ndarray, one: bool) -> Any:
+        n = self.n_inputs
+        if not one:
+            raise ValueError(f"hessian(x, sparse=True) takes one sample of shape ({n},), got "
+                             f"{batch.shape}; call it per sample")
+        i, j = self._hessian_pattern()
+        if i.size == 0:
+            return _sparse_result(i, j, np.zeros(0), (n, n))
+        colour = _graph.colour_columns(i, j, (n, n))
+        count = int(colour.max()) + 1
+        seeds = np.zeros((n, count))
+        seeds[np.arange(n), colour] = 1.0
+        compressed = self._gradient_directions(batch, seeds[None])[0]
+        self._last_colours = count
+        return _sparse_result(i, j, compressed[i, colour[j]], (n, n))
+
     def __repr__(self) -> str:
         return (f"Function({self.n_inputs} inputs -> {self.n_outputs} outputs, "
                 f"tape {self._tape.name!r})")
+
+
+def _sparse_result(rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
+                   shape: tuple[int, int]) -> Any:
+    """A CSR matrix when SciPy is importable, else the ``(rows, cols, values)`` tuple."""
+    try:
+        from scipy import sparse
+    except ImportError:
+        return rows, cols, values
+    return sparse.csr_matrix((values, (rows, cols)), shape=shape)
 
 
 def _sequence(obj: object, what: str) -> Sequence:

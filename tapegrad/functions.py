@@ -21,7 +21,8 @@ from ._record import apply
 from .engine import Value
 from .ops import Op
 
-__all__ = ["atan2", "log1p", "expm1", "leaky_relu", "maximum", "minimum", "clip", "dot", "defop"]
+__all__ = ["atan2", "log1p", "expm1", "leaky_relu", "maximum", "minimum", "clip", "heaviside",
+           "dot", "defop"]
 
 
 def atan2(y: Any, x: Any) -> Any:
@@ -159,10 +160,17 @@ def _as_floats(numbers: list) -> list:
     return [float(v) if type(v) is int and abs(v) <= 2**53 else v for v in numbers]
 
 
+def heaviside(x: Any, at_zero: Any = 0.5) -> Any:
+    """1 where ``x > 0``, 0 where ``x < 0``, ``at_zero`` where ``x == 0`` (np.heaviside);
+    its derivative is 0. Not a guard: replays may change its outcome."""
+    return apply(ops.HEAVISIDE, x, at_zero)
+
+
 def defop(name: str, forward: Callable, partials: Callable, *, arity: int = 1,
           reads: str = "xyo", symbol: str | None = None,
           scalar: Callable | None = None,
-          scalar_partials: Callable | None = None) -> Callable[..., Any]:
+          scalar_partials: Callable | None = None, grad_rule: Callable | None = None,
+          curvature: str = "xx xy yy") -> Callable[..., Any]:
     """Add an op to the tape's op table and return a function that records it.
 
     Parameters
@@ -184,6 +192,15 @@ def defop(name: str, forward: Callable, partials: Callable, *, arity: int = 1,
     scalar, scalar_partials : callable, optional
         The same rules on Python floats, for recording and the backward of small graphs;
         by default the vectorized rules are called on NumPy scalars (correct, slower).
+    grad_rule : callable, optional
+        ``grad_rule(x, y, out) -> (d out/dx, d out/dy)`` built from Values (recorded
+        ops; ``x``/``y`` are floats where the row holds an immediate, ``out`` is the
+        row's Value), for :func:`tapegrad.grad` and Hessians. Without it, those raise
+        ``NotImplementedError`` for a row of this op (``backward`` and first
+        derivatives still work).
+    curvature : str
+        Operand pairs whose second partial can be non-zero (``"xx"``, ``"xy"``,
+        ``"yy"``, space separated), for Hessian sparsity; all of them by default.
 
     Returns
     -------
@@ -214,7 +231,7 @@ def defop(name: str, forward: Callable, partials: Callable, *, arity: int = 1,
     if arity not in (1, 2):
         raise ValueError(f"arity must be 1 or 2, got {arity!r}")
     for what, rule in (("forward", forward), ("partials", partials), ("scalar", scalar),
-                       ("scalar_partials", scalar_partials)):
+                       ("scalar_partials", scalar_partials), ("grad_rule", grad_rule)):
         if rule is not None and not callable(rule):
             raise TypeError(f"{what} must be callable, got {type(rule).__name__}")
     if not set(reads) <= set("xyo"):
@@ -229,8 +246,12 @@ def defop(name: str, forward: Callable, partials: Callable, *, arity: int = 1,
             d0, d1 = partials(np.float64(x), np.float64(y), np.float64(out))
         return float(d0), float(d1)
 
+    if not isinstance(curvature, str) or not set(curvature.split()) <= {"xx", "xy", "yy"}:
+        raise ValueError(f"curvature takes 'xx', 'xy', 'yy' separated by spaces, got "
+                         f"{curvature!r}")
     op = ops.register(Op(len(ops.OPS), name, symbol or name, arity, scalar or scalar_rule,
-                         forward, partials, reads, scalar_partials or scalar_partial_rule))
+                         forward, partials, reads, scalar_partials or scalar_partial_rule,
+                         grad_rule=grad_rule, curvature=curvature))
 
     def record(*args: Any) -> Any:
         return apply(op, *args)

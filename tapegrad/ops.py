@@ -14,6 +14,16 @@ Each :class:`Op` carries its name, the symbol pictures and dumps show, how many
 * ``scalar_partials(x, y, out)``: the same partials on Python floats, for the
   sequential sweep of small graphs. It may raise like ``scalar``; :meth:`Op.local`
   then falls back to the vectorized rule. A test checks that both rules agree.
+* ``grad_rule(x, y, out)``: the same partials built from Values (recorded ops), so
+  that :func:`tapegrad.grad` can record a reverse sweep that is differentiated again.
+  ``x``/``y`` are Values, or floats where the row holds an immediate (then that
+  side's partial is not used; return ``0.0``); ``out`` is the row's Value. A partial
+  may be a float: ``0.0`` is a structural zero, ``1.0``/``-1.0`` record no multiply.
+* ``zero_partials``: the partials are 0 everywhere (``heaviside``), so the result
+  does not depend on the operands for sparsity patterns.
+* ``curvature``: the operand pairs (``"xx"``, ``"xy"``, ``"yy"``, space separated)
+  whose second partial can be non-zero, for Hessian sparsity patterns: ``""`` for
+  ``+ - neg`` and piecewise-linear ops, ``"xy"`` for ``*``. Conservative by default.
 
 An op with operands must have partials unless it is a guard (a comparison, whose
 outcome a replay checks): defining one without is an error at import time.
@@ -54,6 +64,9 @@ class Op:
     scalar_partials: Callable[[float, float, float], tuple[float, float]] | None = None
     guard: bool = False
     custom: bool = False
+    grad_rule: Callable[[object, object, object], tuple[object, object]] | None = None
+    curvature: str = "xx xy yy"
+    zero_partials: bool = False     # partials are 0 everywhere (heaviside): no dependency
 
     def __post_init__(self) -> None:
         if self.arity and not (self.guard or self.custom) and (
@@ -63,6 +76,9 @@ class Op:
                             "Give it partials, or make it a guard.")
         if self.guard and self.partials is not None:
             raise TypeError(f"guard op {self.name!r} must not define partials")
+        if not set(self.curvature.split()) <= {"xx", "xy", "yy"}:
+            raise ValueError(f"op {self.name!r}: curvature takes 'xx', 'xy', 'yy' separated "
+                             f"by spaces, got {self.curvature!r}")
 
     def local(self, x: float, y: float, out: float) -> tuple[float, float]:
         """Local partials on Python floats with IEEE results (inf/nan, never an exception)."""
@@ -148,57 +164,136 @@ def _unary(fn: Callable[[float], float]) -> ScalarRule:
 
 
 # ---------------------------------------------------------------------------
+# Value-level partials (grad_rule), for tapegrad.grad: x, y are Values or floats
+# (immediates), out is the row's Value; they only use operators and facade methods
+# ---------------------------------------------------------------------------
+
+def _const(z: object) -> bool:
+    return isinstance(z, float)
+
+
+def _step(z: object, at_zero: float) -> object:
+    """heaviside(z, at_zero) of a Value (one row) or a float."""
+    if _const(z):
+        return float(np.heaviside(z, at_zero))
+    return z.heaviside(at_zero)
+
+
+def _g_div(x, y, out):
+    return (0.0 if _const(x) else 1.0 / y), (0.0 if _const(y) else -(out / y))
+
+
+def _g_pow(x, y, out):
+    if _const(y):
+        dx = 0.0 if y == 0 else (1.0 if y == 1 else (2.0 * x if y == 2 else
+                                                     y * x ** (y - 1.0)))
+        return dx, 0.0
+    if _const(x):
+        return 0.0, (0.0 if x == 0 else out * (math.log(x) if x > 0 else math.nan))
+    return y * x ** (y - 1.0), out * x.log()
+
+
+def _g_atan2(x, y, out):
+    r = x * x + y * y
+    return (0.0 if _const(x) else y / r), (0.0 if _const(y) else -x / r)
+
+
+def _g_leaky_relu(x, y, out):
+    h = _step(x, 0.0)
+    if _const(y):
+        return y + (1.0 - y) * h, 0.0
+    return (0.0 if _const(x) else y + (1.0 - y) * h), x - x * h
+
+
+def _g_max(x, y, out):
+    h = _step(x - y, 0.5)
+    return h, 1.0 - h
+
+
+def _g_min(x, y, out):
+    h = _step(y - x, 0.5)
+    return h, 1.0 - h
+
+
+def _heaviside(x: float, y: float) -> float:
+    if x > 0:
+        return 1.0
+    if x < 0:
+        return 0.0
+    return y if x == 0 else x     # nan stays nan, as np.heaviside
+
+
+def _zero_partials(x, y, out):
+    return 0.0, 0.0
+
+
+# ---------------------------------------------------------------------------
 # the table
 # ---------------------------------------------------------------------------
 
-LEAF = Op(0, "leaf", "", 0, None, None, None)
+LEAF = Op(0, "leaf", "", 0, None, None, None, curvature="")
 ADD = Op(1, "add", "+", 2, operator.add, np.add, lambda x, y, out: (1.0, 1.0), "",
-         lambda x, y, out: (1.0, 1.0))
+         lambda x, y, out: (1.0, 1.0), grad_rule=lambda x, y, out: (1.0, 1.0), curvature="")
 SUB = Op(2, "sub", "-", 2, operator.sub, np.subtract, lambda x, y, out: (1.0, -1.0), "",
-         lambda x, y, out: (1.0, -1.0))
+         lambda x, y, out: (1.0, -1.0), grad_rule=lambda x, y, out: (1.0, -1.0),
+         curvature="")
 MUL = Op(3, "mul", "*", 2, operator.mul, np.multiply, lambda x, y, out: (y, x), "xy",
-         lambda x, y, out: (y, x))
-DIV = Op(4, "div", "/", 2, operator.truediv, np.divide, _div_partials, "xy", _div_local)
-POW = Op(5, "pow", "**", 2, math.pow, np.power, _pow_partials, "xyo", _pow_local)
+         lambda x, y, out: (y, x), grad_rule=lambda x, y, out: (y, x), curvature="xy")
+DIV = Op(4, "div", "/", 2, operator.truediv, np.divide, _div_partials, "xy", _div_local,
+         grad_rule=_g_div, curvature="xy yy")
+POW = Op(5, "pow", "**", 2, math.pow, np.power, _pow_partials, "xyo", _pow_local,
+         grad_rule=_g_pow, curvature="xx xy yy")
 NEG = Op(6, "neg", "neg", 1, _unary(operator.neg), lambda x, y: np.negative(x),
-         lambda x, y, out: (-1.0, 0.0), "", lambda x, y, out: (-1.0, 0.0))
+         lambda x, y, out: (-1.0, 0.0), "", lambda x, y, out: (-1.0, 0.0),
+         grad_rule=lambda x, y, out: (-1.0, 0.0), curvature="")
 RELU = Op(7, "relu", "ReLU", 1, _relu, lambda x, y: np.where(x < 0, 0.0, x),
           lambda x, y, out: ((out > 0) * 1.0, 0.0), "o",
-          lambda x, y, out: (1.0 if out > 0 else 0.0, 0.0))
+          lambda x, y, out: (1.0 if out > 0 else 0.0, 0.0),
+          grad_rule=lambda x, y, out: (_step(x, 0.0), 0.0), curvature="")
 TANH = Op(8, "tanh", "tanh", 1, _unary(math.tanh), lambda x, y: np.tanh(x),
           lambda x, y, out: (1.0 - out * out, 0.0), "o",
-          lambda x, y, out: (1.0 - out * out, 0.0))
+          lambda x, y, out: (1.0 - out * out, 0.0),
+          grad_rule=lambda x, y, out: (1.0 - out * out, 0.0), curvature="xx")
 SIGMOID = Op(9, "sigmoid", "sigmoid", 1, _sigmoid, _sigmoid_array,
              lambda x, y, out: (out * (1.0 - out), 0.0), "o",
-             lambda x, y, out: (out * (1.0 - out), 0.0))
+             lambda x, y, out: (out * (1.0 - out), 0.0),
+             grad_rule=lambda x, y, out: (out * (1.0 - out), 0.0), curvature="xx")
 EXP = Op(10, "exp", "exp", 1, _unary(math.exp), lambda x, y: np.exp(x),
-         lambda x, y, out: (out, 0.0), "o", lambda x, y, out: (out, 0.0))
+         lambda x, y, out: (out, 0.0), "o", lambda x, y, out: (out, 0.0),
+         grad_rule=lambda x, y, out: (out, 0.0), curvature="xx")
 LOG = Op(11, "log", "log", 1, _unary(math.log), lambda x, y: np.log(x),
-         lambda x, y, out: (1.0 / x, 0.0), "x", lambda x, y, out: (1.0 / x, 0.0))
+         lambda x, y, out: (1.0 / x, 0.0), "x", lambda x, y, out: (1.0 / x, 0.0),
+         grad_rule=lambda x, y, out: (1.0 / x, 0.0), curvature="xx")
 SQRT = Op(12, "sqrt", "sqrt", 1, _unary(math.sqrt), lambda x, y: np.sqrt(x),
-          lambda x, y, out: (0.5 / out, 0.0), "o", lambda x, y, out: (0.5 / out, 0.0))
+          lambda x, y, out: (0.5 / out, 0.0), "o", lambda x, y, out: (0.5 / out, 0.0),
+          grad_rule=lambda x, y, out: (0.5 / out, 0.0), curvature="xx")
 ABS = Op(13, "abs", "abs", 1, _unary(math.fabs), lambda x, y: np.abs(x),
-         lambda x, y, out: (np.sign(x), 0.0), "x", lambda x, y, out: (_sign(x), 0.0))
+         lambda x, y, out: (np.sign(x), 0.0), "x", lambda x, y, out: (_sign(x), 0.0),
+         grad_rule=lambda x, y, out: (2.0 * _step(x, 0.5) - 1.0, 0.0), curvature="")
 SIN = Op(14, "sin", "sin", 1, _unary(math.sin), lambda x, y: np.sin(x),
-         lambda x, y, out: (np.cos(x), 0.0), "x", lambda x, y, out: (math.cos(x), 0.0))
+         lambda x, y, out: (np.cos(x), 0.0), "x", lambda x, y, out: (math.cos(x), 0.0),
+         grad_rule=lambda x, y, out: (x.cos(), 0.0), curvature="xx")
 COS = Op(15, "cos", "cos", 1, _unary(math.cos), lambda x, y: np.cos(x),
-         lambda x, y, out: (-np.sin(x), 0.0), "x", lambda x, y, out: (-math.sin(x), 0.0))
+         lambda x, y, out: (-np.sin(x), 0.0), "x", lambda x, y, out: (-math.sin(x), 0.0),
+         grad_rule=lambda x, y, out: (-x.sin(), 0.0), curvature="xx")
 
 # Comparisons are guards: the facade returns a Python bool and records the outcome
 # (1.0 / 0.0) so that a replay can check that the program would take the same branch.
 # They have no partials: nothing is differentiated through a comparison.
 LT = Op(16, "lt", "<", 2, lambda x, y: float(x < y),
-        lambda x, y: np.less(x, y).astype(np.float64), None, "", guard=True)
+        lambda x, y: np.less(x, y).astype(np.float64), None, "", guard=True, curvature="")
 LE = Op(17, "le", "<=", 2, lambda x, y: float(x <= y),
-        lambda x, y: np.less_equal(x, y).astype(np.float64), None, "", guard=True)
+        lambda x, y: np.less_equal(x, y).astype(np.float64), None, "", guard=True,
+        curvature="")
 GT = Op(18, "gt", ">", 2, lambda x, y: float(x > y),
-        lambda x, y: np.greater(x, y).astype(np.float64), None, "", guard=True)
+        lambda x, y: np.greater(x, y).astype(np.float64), None, "", guard=True, curvature="")
 GE = Op(19, "ge", ">=", 2, lambda x, y: float(x >= y),
-        lambda x, y: np.greater_equal(x, y).astype(np.float64), None, "", guard=True)
+        lambda x, y: np.greater_equal(x, y).astype(np.float64), None, "", guard=True,
+        curvature="")
 
 # A row made the lecture's way, ``Value(data, (a, b), "op")``: the user computed its
 # value, and its backward is the user's ``_backward`` closure, run row by row. It has no
-# forward rule, so a tape holding one cannot be replayed.
+# forward rule, so a tape holding one cannot be replayed (nor differentiated again).
 CUSTOM = Op(20, "custom", "?", 2, None, None, None, "", custom=True)
 
 
@@ -230,27 +325,37 @@ def _min_local(x: float, y: float, out: float) -> tuple[float, float]:
 
 # Function-style ops (tapegrad.atan2(a, b), tapegrad.maximum(a, b), Value.log1p(), ...)
 ATAN2 = Op(21, "atan2", "atan2", 2, math.atan2, np.arctan2,
-           lambda x, y, out: (y / (x * x + y * y), -x / (x * x + y * y)), "xy", _atan2_local)
+           lambda x, y, out: (y / (x * x + y * y), -x / (x * x + y * y)), "xy", _atan2_local,
+           grad_rule=_g_atan2, curvature="xx xy yy")
 LOG1P = Op(22, "log1p", "log1p", 1, _unary(math.log1p), lambda x, y: np.log1p(x),
            lambda x, y, out: (1.0 / (1.0 + x), 0.0), "x",
-           lambda x, y, out: (1.0 / (1.0 + x), 0.0))
+           lambda x, y, out: (1.0 / (1.0 + x), 0.0),
+           grad_rule=lambda x, y, out: (1.0 / (1.0 + x), 0.0), curvature="xx")
 EXPM1 = Op(23, "expm1", "expm1", 1, _unary(math.expm1), lambda x, y: np.expm1(x),
-           lambda x, y, out: (out + 1.0, 0.0), "o", lambda x, y, out: (out + 1.0, 0.0))
+           lambda x, y, out: (out + 1.0, 0.0), "o", lambda x, y, out: (out + 1.0, 0.0),
+           grad_rule=lambda x, y, out: (out + 1.0, 0.0), curvature="xx")
 # leaky_relu(x, slope): x where x > 0, else slope * x (the slope is usually an immediate)
 LEAKY_RELU = Op(24, "leaky_relu", "LeakyReLU", 2,
                 lambda x, y: x if x > 0 else y * x,
                 lambda x, y: np.where(x > 0, x, y * x),
                 lambda x, y, out: (np.where(x > 0, 1.0, y), np.where(x > 0, 0.0, x)), "xy",
-                lambda x, y, out: (1.0, 0.0) if x > 0 else (y, x))
+                lambda x, y, out: (1.0, 0.0) if x > 0 else (y, x),
+                grad_rule=_g_leaky_relu, curvature="xy")
 # (nan propagates from either side, as in NumPy: x != x holds only for nan)
 MAXIMUM = Op(25, "maximum", "max", 2, lambda x, y: x if x >= y or x != x else y, np.maximum,
-             _max_partials, "xy", _max_local)
+             _max_partials, "xy", _max_local, grad_rule=_g_max, curvature="")
 MINIMUM = Op(26, "minimum", "min", 2, lambda x, y: x if x <= y or x != x else y, np.minimum,
-             _min_partials, "xy", _min_local)
+             _min_partials, "xy", _min_local, grad_rule=_g_min, curvature="")
+# heaviside(x, h): 1 where x > 0, 0 where x < 0, h where x == 0 (as np.heaviside). Not a
+# guard: its value is data, so a replay where x changes sign is fine. The derivatives
+# of relu, abs, leaky_relu, maximum and minimum that tapegrad.grad records use it.
+HEAVISIDE = Op(27, "heaviside", "H", 2, _heaviside, np.heaviside,
+               lambda x, y, out: (0.0, 0.0), "", lambda x, y, out: (0.0, 0.0),
+               grad_rule=_zero_partials, curvature="", zero_partials=True)
 
 OPS: list[Op] = [LEAF, ADD, SUB, MUL, DIV, POW, NEG, RELU, TANH, SIGMOID, EXP, LOG, SQRT, ABS,
                  SIN, COS, LT, LE, GT, GE, CUSTOM, ATAN2, LOG1P, EXPM1, LEAKY_RELU, MAXIMUM,
-                 MINIMUM]
+                 MINIMUM, HEAVISIDE]
 """Every op, indexed by its code (ops added with :func:`tapegrad.defop` are appended)."""
 
 MAX_OPS = 128

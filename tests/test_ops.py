@@ -37,6 +37,7 @@ SAMPLES = {
     "leaky_relu": [(0.3, 0.1), (-2.5, 0.2)],       # (x, slope)
     "maximum": [(0.3, -1.7), (-2.5, 4.0)],
     "minimum": [(0.3, -1.7), (-2.5, 4.0)],
+    "heaviside": [(0.3, 0.5), (-2.5, 0.5)],         # (x, value at 0), off the jump
 }
 
 # How the facade applies each op to Values (or to a number on one side).
@@ -66,6 +67,7 @@ APPLY = {
     "leaky_relu": lambda x, y: tapegrad.leaky_relu(x, y),
     "maximum": lambda x, y: tapegrad.maximum(x, y),
     "minimum": lambda x, y: tapegrad.minimum(x, y),
+    "heaviside": lambda x, y: tapegrad.heaviside(x, y),
 }
 
 COMPUTING = [op for op in OPS if op.forward is not None]

@@ -107,7 +107,7 @@ DOMAIN: dict[str, Domain] = {
     "exp": Domain(), "log": Domain(x=_positive), "sqrt": Domain(x=_positive),
     "abs": Domain(kinks=(0.0,)), "sin": Domain(), "cos": Domain(),
     "atan2": Domain(y=_positive, cy=_positive_const), "log1p": Domain(x=_positive),
-    "expm1": Domain(), "leaky_relu": Domain(kinks=(0.0,)),
+    "expm1": Domain(), "leaky_relu": Domain(kinks=(0.0,)), "heaviside": Domain(kinks=(0.0,)),
     # nodes stay in [-0.5, 0.5]: the second operand shifted by 3 is always the larger
     "maximum": Domain(y=_shifted, cx=_shifted_const, cy=_shifted_const),
     "minimum": Domain(y=_shifted, cx=_shifted_const, cy=_shifted_const),
