@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import _context, _graph
+from ._dask import is_dask_array
 from ._plan import Backward, Plan
 from ._sweep import raise_anomaly
 from .engine import Value
@@ -134,18 +135,61 @@ class Function:
         if self._epoch == t.epoch:
             return
         cols = t.columns()
+        rows = self._program_rows(cols)
+        self._plan = Plan.build(cols, rows, self._in_rows)
+        self._in_local = self._plan.local(self._in_rows)
+        self._out_local = self._plan.local(self._out_rows)
+        self._backward: Backward | None = None
+        self._epoch = t.epoch
+
+    def _program_rows(self, cols: Any) -> np.ndarray:
+        """Set the input, output and guard rows; the tape rows a call evaluates or reads."""
+        t = self._tape
         self._in_rows = np.array([t.row_of(v) for v in self.inputs], np.int64)
         self._out_rows = np.array([v.row for v in self.outputs], np.int64)
         self._guards = self._guards_to_check(cols)
         needed = _graph.ancestors(cols.a0, cols.a1, cols.level,
                                   np.concatenate((self._out_rows, self._guards)))
         needed[self._in_rows] = True
-        rows = np.flatnonzero(needed)
-        self._plan = Plan.build(cols, rows, self._in_rows)
-        self._in_local = self._plan.local(self._in_rows)
-        self._out_local = self._plan.local(self._out_rows)
-        self._backward: Backward | None = None
-        self._epoch = t.epoch
+        return np.flatnonzero(needed)
+
+    # -- pickling ------------------------------------------------------------------------
+
+    def standalone(self) -> Function:
+        """This Function over a private tape holding only the rows it evaluates.
+
+        The new tape (:meth:`Tape.subtape`) copies :attr:`rows`, renumbered, so the copy
+        is small even when the outputs were recorded on a tape of millions of unrelated
+        rows. Leaves that are not inputs (the model's parameters) are **frozen** at
+        their current ``.data``: the copy no longer follows them. Results are identical
+        bit for bit. Pickling sends exactly this (Dask workers, multiprocessing).
+
+        Returns
+        -------
+        Function
+            Same inputs, outputs, guards and results; ``n_inputs`` leaves of its own.
+
+        Raises
+        ------
+        TypeError
+            If the program holds a custom row (``Value(data, _children, _op)``, whose
+            ``_backward`` is a Python closure).
+        """
+        return _rebuild(*self._standalone_state())
+
+    def _standalone_state(self) -> tuple:
+        t = self._tape
+        if self._epoch == t.epoch:
+            rows = self._plan.rows
+        else:                                   # no Plan.build: it refuses custom rows
+            rows = self._program_rows(t.columns())
+        sub = t.subtape(rows, name=f"{t.name}/function")
+        local = np.searchsorted(rows, self._in_rows), np.searchsorted(rows, self._out_rows)
+        return sub, local[0].tolist(), local[1].tolist(), self.single_output
+
+    def __reduce__(self) -> tuple:
+        """Pickles :meth:`standalone`'s tape and rows (non-input leaves frozen)."""
+        return _rebuild, self._standalone_state()
 
     def _guards_to_check(self, cols: Any) -> np.ndarray:
         """The comparisons recorded before the last output that the inputs can flip:
@@ -222,6 +266,9 @@ class Function:
         FloatingPointError
             Under :class:`detect_anomaly`, at the first op that produces nan or inf.
         """
+        if is_dask_array(x):
+            from . import _dask
+            return _dask.call(self, x)
         self._compile()
         batch, one = self._batch(x)
         if batch.shape[0] == 0:
@@ -265,6 +312,9 @@ class Function:
         if self.n_outputs != 1:
             raise ValueError(f"value_and_grad needs a Function with one output, this one has "
                              f"{self.n_outputs}")
+        if is_dask_array(x):
+            from . import _dask
+            return _dask.value_and_grad(self, x)
         self._compile()
         if self._backward is None:
             # not exact: rows that only feed a guard are in the plan, not in the gradient
@@ -293,6 +343,12 @@ class Function:
     def __repr__(self) -> str:
         return (f"Function({self.n_inputs} inputs -> {self.n_outputs} outputs, "
                 f"tape {self._tape.name!r})")
+
+
+def _rebuild(tape: Any, in_rows: list[int], out_rows: list[int], single: bool) -> Function:
+    """The Function from ``in_rows`` to ``out_rows`` of ``tape`` (unpickling)."""
+    outs = [tape.value(r) for r in out_rows]
+    return Function([tape.value(r) for r in in_rows], outs[0] if single else outs)
 
 
 def _sequence(obj: object, what: str) -> Sequence:
