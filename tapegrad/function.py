@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import _context, _graph
+from ._backend import for_array, is_foreign_array
 from ._dask import is_dask_array
 from ._plan import Backward, Plan
 from ._sweep import raise_anomaly
@@ -140,6 +141,7 @@ class Function:
         self._in_local = self._plan.local(self._in_rows)
         self._out_local = self._plan.local(self._out_rows)
         self._backward: Backward | None = None
+        self._backends: dict = {}            # array API backends by (namespace, device)
         self._epoch = t.epoch
 
     def _program_rows(self, cols: Any) -> np.ndarray:
@@ -269,6 +271,8 @@ class Function:
         if is_dask_array(x):
             from . import _dask
             return _dask.call(self, x)
+        if is_foreign_array(x):
+            return self._call_array(x)
         self._compile()
         batch, one = self._batch(x)
         if batch.shape[0] == 0:
@@ -315,6 +319,8 @@ class Function:
         if is_dask_array(x):
             from . import _dask
             return _dask.value_and_grad(self, x)
+        if is_foreign_array(x):
+            return self._value_and_grad_array(x)
         self._compile()
         if self._backward is None:
             # not exact: rows that only feed a guard are in the plan, not in the gradient
@@ -339,6 +345,62 @@ class Function:
         v = np.concatenate(vals)
         g = np.concatenate(grads)
         return (float(v[0]), g[0]) if one else (v, g)
+
+    # -- other array libraries (array API) ----------------------------------------------
+
+    def _array_values(self, x: Any) -> tuple[Any, Any, bool]:
+        """(backend, ``(size, B)`` value array with constants, leaves and inputs, one
+        sample?) for an array ``x`` of another array API library."""
+        self._compile()
+        be = for_array(x, self._backends)
+        xp = be.xp
+        if xp.isdtype(x.dtype, "complex floating") or not xp.isdtype(
+                x.dtype, ("bool", "integral", "real floating")):
+            raise ValueError(f"inputs must be real numbers, got dtype {x.dtype}")
+        one = x.ndim == 1 and x.shape[0] == self.n_inputs
+        if not (one or x.ndim == 2 and x.shape[1] == self.n_inputs):
+            raise ValueError(f"expected shape ({self.n_inputs},) or (B, {self.n_inputs}) for "
+                             f"{self.n_inputs} inputs, got {tuple(x.shape)}")
+        batch = xp.astype(xp.reshape(x, (-1, self.n_inputs)), xp.float64)  # documented upcast
+        plan = self._plan
+        values = be.zeros(plan.size, batch.shape[0])
+        fixed = self._fixed_rows()
+        host = np.concatenate((plan.const_values, self._leaf_values()))
+        values = be.put(values, fixed, be.asarray(host[:, None]))
+        values = be.put(values, self._in_local, xp.permute_dims(batch, (1, 0)))
+        return be, values, one
+
+    def _fixed_rows(self) -> np.ndarray:
+        """Local rows of the constants, then of the leaves (kept: backends cache them)."""
+        plan = self._plan
+        if getattr(self, "_fixed", None) is None or self._fixed[0] is not plan:
+            consts = np.arange(plan.rows.size, plan.sink)
+            self._fixed = (plan, np.concatenate((consts, plan.leaves)))
+        return self._fixed[1]
+
+    def _call_array(self, x: Any) -> Any:
+        be, values, one = self._array_values(x)
+        values = self._plan.run_array(values, be, self._tape.describe,
+                                      anomaly=bool(_context.anomaly.depth))
+        out = be.xp.permute_dims(be.take(values, self._out_local), (1, 0))
+        return out[0, ...] if one else out
+
+    def _value_and_grad_array(self, x: Any) -> tuple[Any, Any]:
+        if self._backward is None:
+            self._backward = Backward(self._plan, int(self._out_local[0]),
+                                      exact=self._guards.size == 0)
+        be, values, one = self._array_values(x)
+        anomaly = bool(_context.anomaly.depth)
+        values = self._plan.run_array(values, be, self._tape.describe, anomaly=anomaly)
+        adj = self._backward.run_array(values, be, anomaly=anomaly)
+        found = self._backward.anomaly_found
+        if found is not None:
+            local, slot, partial, grad = found
+            raise_anomaly(self._tape.rows_object(), int(self._plan.rows[local]), slot,
+                          partial, grad)
+        v = values[int(self._out_local[0]), ...]
+        g = be.xp.permute_dims(be.take(adj, self._in_local), (1, 0))
+        return (v[0], g[0, ...]) if one else (v, g)
 
     def __repr__(self) -> str:
         return (f"Function({self.n_inputs} inputs -> {self.n_outputs} outputs, "
