@@ -119,6 +119,8 @@ class Backend:
         shape = (int(np.size(rows)),) + tuple(a.shape[1:])
         if not hasattr(v, "shape"):
             return xp.full(shape, float(v), dtype=xp.float64, device=self.device)
+        if v.dtype != xp.float64:         # torch's where(c, 1.0, 0.5) is float32
+            v = xp.astype(v, xp.float64)
         if np.ndim(rows) > 1:
             v = xp.reshape(v, shape)
         return xp.broadcast_to(v, shape)

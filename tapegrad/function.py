@@ -386,6 +386,7 @@ class Function:
         return out[0, ...] if one else out
 
     def _value_and_grad_array(self, x: Any) -> tuple[Any, Any]:
+        self._compile()
         if self._backward is None:
             self._backward = Backward(self._plan, int(self._out_local[0]),
                                       exact=self._guards.size == 0)
