@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from time import perf_counter
+from typing import Any
 
 import numpy as np
 
@@ -418,6 +419,36 @@ class Plan:
                     rows = step.rows if type(step) is _GuardStep else step.out
                     timing.op(name, np.size(rows), perf_counter() - start)
 
+    def run_array(self, values: Any, be: Any, describe=None, anomaly: bool = False) -> Any:
+        """:meth:`run` for a ``(size, B)`` array of another array API library, through
+        backend ``be`` (:mod:`tapegrad._backend`); returns the values (a new array when
+        the library's arrays are immutable). Same steps, same order, same results."""
+        describe = describe or (lambda row: "")
+        xp = be.xp
+        for step in self.steps:
+            kind = type(step)
+            if kind is _OpStep:
+                forward = be.rules(step.rule)[0]
+                values = be.put(values, step.out,
+                                forward(be.take(values, step.x), be.take(values, step.y)))
+            elif kind is _SequentialStep:
+                for code, i, j, r in zip(step.code, step.x, step.y, step.rows):
+                    values[r, ...] = be.rules(OPS[code])[0](values[i, ...], values[j, ...])
+            elif kind is _ChainStep:
+                terms = be.take(values, step.terms)
+                if step.sign is not None:
+                    terms = terms * be.asarray(step.sign[..., None])
+                acc = be.cumulative(step.rule is not ADD, terms)
+                values = be.put(values, step.out, acc[1:, ...])
+            else:
+                now = be.rules(step.rule)[0](be.take(values, step.x), be.take(values, step.y))
+                if bool(xp.any(now != be.asarray(step.expect[:, None]))):
+                    self._check(step, be.to_numpy(values), describe)
+            if anomaly and kind is not _GuardStep and not bool(
+                    xp.all(xp.isfinite(be.take(values, step.out)))):
+                self._check_finite(step, be.to_numpy(values), describe)
+        return values
+
     def _check_finite(self, step, values: np.ndarray, describe) -> None:
         out = values[step.out]
         bad = ~np.isfinite(out)
@@ -574,6 +605,73 @@ class Backward:
                 if timing is not None:
                     timing.op(rule.name, at.size, perf_counter() - start)
         return part
+
+    def _array_schedule(self) -> tuple:
+        """Host index arrays the array API sweep reads (kept, so backends cache them)."""
+        if getattr(self, "_array_rows", None) is None:
+            m = self.order.size
+            hi = [m + at for _, at in self.by_op]
+            groups = {k: (self.order[a:b], self.t0[a:b], self.t1[a:b],
+                          np.arange(a, b), np.arange(m + a, m + b))
+                      for k, (a, b) in self.groups.items()}
+            tops = {id(ch): ch.rows[:1] for chs in self.chains.values() for ch in chs}
+            self._array_rows = (hi, groups, tops, np.array([self.output]))
+        return self._array_rows
+
+    def partials_array(self, values: Any, be: Any) -> Any:
+        """:meth:`partials` for a ``(size, B)`` array of another library (backend ``be``)."""
+        order, t0, t1 = self.order, self.t0, self.t1
+        hi = self._array_schedule()[0]
+        part = be.zeros(2 * order.size, values.shape[1])
+        for (rule, at), upper in zip(self.by_op, hi):
+            operands = "x" in rule.reads or "y" in rule.reads
+            x = be.take(values, t0[at]) if operands else None
+            y = be.take(values, t1[at]) if operands else None
+            out = be.take(values, order[at]) if "o" in rule.reads else None
+            d0, d1 = be.rules(rule)[1](x, y, out)
+            part = be.put(part, at, d0)
+            if rule.arity == 2:
+                part = be.put(part, upper, d1)
+        return part
+
+    def run_array(self, values: Any, be: Any, anomaly: bool = False) -> Any:
+        """:meth:`run` for a ``(size, B)`` array of another array API library, through
+        backend ``be`` (:mod:`tapegrad._backend`): the same sweep in the same order."""
+        _, groups, tops, seed = self._array_schedule()
+        part = self.partials_array(values, be)
+        adj = be.put(be.zeros(*values.shape), seed, 1.0)
+        reach = None
+        if not self.exact:
+            reach = np.zeros(self.plan.size, bool)
+            reach[self.output] = True
+        for k in self.keys:
+            for ch in self.chains.get(k, ()):
+                top = tops[id(ch)]
+                seq = be.xp.concat((be.take(adj, top), be.take(part, ch.links)), axis=0)
+                adj = be.put(adj, ch.rows, be.cumulative(True, seq))
+                if reach is not None:
+                    reach[ch.rows] = reach[ch.rows[:1]]
+                w = be.take(part, ch.side_part) * be.take(adj, ch.side_cons)
+                if reach is not None:
+                    live = reach[ch.side_cons]
+                    w = be.zero_rows(w, ~live)
+                    reach[ch.side_tgt[live]] = True
+                adj = be.add_at(adj, ch.side_tgt, w)
+            if k in groups:
+                cons, g0, g1, lo, up = groups[k]
+                g = be.take(adj, cons)
+                w0, w1 = be.take(part, lo) * g, be.take(part, up) * g
+                if reach is not None:
+                    dead = ~reach[cons]
+                    w0, w1 = be.zero_rows(w0, dead), be.zero_rows(w1, dead)
+                    reach[g0[~dead]] = True
+                    reach[g1[~dead]] = True
+                adj = be.add_at(adj, g0, w0)
+                adj = be.add_at(adj, g1, w1)
+        self.reached = reach
+        self.anomaly_found = (self._anomaly(be.to_numpy(adj), be.to_numpy(part), reach)
+                              if anomaly else None)
+        return adj
 
     def run(self, values: np.ndarray, timing=None, anomaly: bool = False) -> np.ndarray:
         """Adjoints (shaped like ``values``) of every local row, seeded 1 at the output.

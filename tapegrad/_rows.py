@@ -680,6 +680,54 @@ class Rows:
                 "mark_rows": np.array(self._mark_rows, np.int64),
                 "mark_ids": np.array(self._mark_ids, np.int64)}
 
+    def extract(self, rows: np.ndarray) -> dict[str, Any]:
+        """The ``rows`` (ascending tape rows, closed under operands) renumbered ``0..k-1``,
+        as plain data in the form :meth:`load_columns` takes; see ``Tape.subtape``.
+
+        Values are the current ones (mirrors of other tapes' leaves refreshed first);
+        labels and scopes follow their rows; mirrored leaves become plain leaves.
+        """
+        from .ops import CUSTOM
+        if self._links:
+            self.refresh_links()
+        cols = self.columns()
+        n = self.count
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or (rows.size and rows.dtype.kind not in "iu"):
+            raise TypeError(f"rows must be a 1-D int array, got {rows.dtype} of shape "
+                            f"{rows.shape}")
+        rows = rows.astype(np.int64)
+        if rows.size and (rows[0] < 0 or rows[-1] >= n or np.any(np.diff(rows) <= 0)):
+            raise ValueError(f"rows must be ascending, distinct rows of the tape (0..{n - 1})")
+        custom = rows[cols.op[rows] == CUSTOM.code]
+        if custom.size:
+            row = int(custom[0])
+            raise TypeError(
+                f"row {row}{self.describe(row)} is a custom row (Value(data, _children, "
+                f"{self._custom.get(row, ['?'])[0]!r}) with a Python _backward closure): "
+                "it cannot be copied to another tape or process. Build it from tapegrad's "
+                "ops (or tapegrad.defop) instead")
+        new = np.full(n + 1, -1, np.int64)          # last slot: the -1 operand
+        new[rows] = np.arange(rows.size)
+        args = np.stack([cols.a0[rows], cols.a1[rows]], axis=1).astype(np.int64)
+        moved = new[args]
+        if np.any((args >= 0) & (moved < 0)):
+            bad = int(rows[np.flatnonzero(((args >= 0) & (moved < 0)).any(axis=1))[0]])
+            raise ValueError(f"rows are not closed under operands: row {bad} reads a row "
+                             "that is not among them")
+        ids = self.scope_ids()[rows]
+        starts = np.flatnonzero(np.diff(ids)) + 1 if ids.size else np.zeros(0, np.int64)
+        starts = np.concatenate(([0], starts)).astype(np.int64)
+        wanted = set(rows.tolist())
+        return {"op": cols.op[rows].copy(), "args": moved.astype(np.int32),
+                "const": cols.const[rows].copy(), "value": cols.value[rows].copy(),
+                "grad": cols.grad[rows].copy(), "level": cols.level[rows].copy(),
+                "opnames": [op.name for op in OPS],
+                "labels": {int(new[r]): t for r, t in self._labels.items() if r in wanted},
+                "scopes": list(self._scope_names), "codes": {op.name: op.code for op in OPS},
+                "mark_rows": starts,
+                "mark_ids": (ids[starts] if ids.size else np.zeros(1)).astype(np.int64)}
+
     def load_columns(self, data: dict[str, Any]) -> None:
         """Fill this empty tape with rows read by :func:`tapegrad._tapefile.read`."""
         n = data["op"].size

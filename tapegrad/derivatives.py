@@ -23,7 +23,7 @@ from .engine import Value
 from .ops import OPS
 from .tape import Tape
 
-__all__ = ["grad", "copy_rows"]
+__all__ = ["grad"]
 
 
 def _scale(adj: Any, p: Any) -> Any:
@@ -154,29 +154,3 @@ def _no_rule(tape: Tape, op: Any, row: int) -> str:
     return (f"tapegrad.grad cannot differentiate op {op.name!r} at {where}: it has no "
             "Value-level rule. Define it with tapegrad.defop(..., grad_rule=...) "
             "(partials built from Values)")
-
-
-def copy_rows(cols: Any, rows: np.ndarray, name: str | None = None) -> Tape:
-    """A new tape holding tape rows ``rows`` (ascending, closed under operands) of the
-    columns ``cols``: row ``k`` of the copy is ``rows[k]``, operands renumbered, values,
-    constants and levels as recorded (guards keep their recorded outcomes), gradients
-    zero, no labels or links (a mirrored leaf becomes a plain leaf).
-
-    Derivative programs (Hessians of a :class:`Function`) are recorded on such a
-    private copy, so that the user's tape does not grow.
-    """
-    rows = np.asarray(rows, np.int64)
-    n = rows.size
-    where = np.full(int(rows.max()) + 2 if n else 1, -1, np.int64)
-    where[rows] = np.arange(n)
-    args = np.stack([cols.a0[rows], cols.a1[rows]], axis=1).astype(np.int64)
-    if ((args >= 0) & (where[np.maximum(args, 0)] < 0)).any():
-        raise ValueError("copy_rows: rows must include every operand of the rows they hold")
-    args = np.where(args >= 0, where[np.maximum(args, 0)], -1)
-    tape = Tape(name)
-    tape.rows_object().load_columns({
-        "op": cols.op[rows], "args": args, "const": cols.const[rows],
-        "value": cols.value[rows], "grad": np.zeros(n), "level": cols.level[rows],
-        "labels": {}, "scopes": [""], "mark_rows": np.zeros(1, np.int64),
-        "mark_ids": np.zeros(1, np.int64)})
-    return tape

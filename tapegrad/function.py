@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from . import _context, _graph
+from ._backend import for_array, is_foreign_array
+from ._dask import is_dask_array
 from ._plan import Backward, Directional, Plan
 from ._sweep import raise_anomaly
 from .engine import Value
@@ -134,21 +136,65 @@ class Function:
         if self._epoch == t.epoch:
             return
         cols = t.columns()
+        rows = self._program_rows(cols)
+        self._plan = Plan.build(cols, rows, self._in_rows)
+        self._in_local = self._plan.local(self._in_rows)
+        self._out_local = self._plan.local(self._out_rows)
+        self._backward: Backward | None = None
+        self._backends: dict = {}            # array API backends by (namespace, device)
+        self._directional: Directional | None = None
+        self._gradient: tuple | None = None       # (Function of the gradient, leaf positions)
+        self._patterns: dict = {}
+        self._epoch = t.epoch
+
+    def _program_rows(self, cols: Any) -> np.ndarray:
+        """Set the input, output and guard rows; the tape rows a call evaluates or reads."""
+        t = self._tape
         self._in_rows = np.array([t.row_of(v) for v in self.inputs], np.int64)
         self._out_rows = np.array([v.row for v in self.outputs], np.int64)
         self._guards = self._guards_to_check(cols)
         needed = _graph.ancestors(cols.a0, cols.a1, cols.level,
                                   np.concatenate((self._out_rows, self._guards)))
         needed[self._in_rows] = True
-        rows = np.flatnonzero(needed)
-        self._plan = Plan.build(cols, rows, self._in_rows)
-        self._in_local = self._plan.local(self._in_rows)
-        self._out_local = self._plan.local(self._out_rows)
-        self._backward: Backward | None = None
-        self._directional: Directional | None = None
-        self._gradient: tuple | None = None       # (Function of the gradient, leaf positions)
-        self._patterns: dict = {}
-        self._epoch = t.epoch
+        return np.flatnonzero(needed)
+
+    # -- pickling ------------------------------------------------------------------------
+
+    def standalone(self) -> Function:
+        """This Function over a private tape holding only the rows it evaluates.
+
+        The new tape (:meth:`Tape.subtape`) copies :attr:`rows`, renumbered, so the copy
+        is small even when the outputs were recorded on a tape of millions of unrelated
+        rows. Leaves that are not inputs (the model's parameters) are **frozen** at
+        their current ``.data``: the copy no longer follows them. Results are identical
+        bit for bit. Pickling sends exactly this (Dask workers, multiprocessing).
+
+        Returns
+        -------
+        Function
+            Same inputs, outputs, guards and results; ``n_inputs`` leaves of its own.
+
+        Raises
+        ------
+        TypeError
+            If the program holds a custom row (``Value(data, _children, _op)``, whose
+            ``_backward`` is a Python closure).
+        """
+        return _rebuild(*self._standalone_state())
+
+    def _standalone_state(self) -> tuple:
+        t = self._tape
+        if self._epoch == t.epoch:
+            rows = self._plan.rows
+        else:                                   # no Plan.build: it refuses custom rows
+            rows = self._program_rows(t.columns())
+        sub = t.subtape(rows, name=f"{t.name}/function")
+        local = np.searchsorted(rows, self._in_rows), np.searchsorted(rows, self._out_rows)
+        return sub, local[0].tolist(), local[1].tolist(), self.single_output
+
+    def __reduce__(self) -> tuple:
+        """Pickles :meth:`standalone`'s tape and rows (non-input leaves frozen)."""
+        return _rebuild, self._standalone_state()
 
     def _guards_to_check(self, cols: Any) -> np.ndarray:
         """The comparisons recorded before the last output that the inputs can flip:
@@ -225,6 +271,11 @@ class Function:
         FloatingPointError
             Under :class:`detect_anomaly`, at the first op that produces nan or inf.
         """
+        if is_dask_array(x):
+            from . import _dask
+            return _dask.call(self, x)
+        if is_foreign_array(x):
+            return self._call_array(x)
         self._compile()
         batch, one = self._batch(x)
         if batch.shape[0] == 0:
@@ -268,6 +319,11 @@ class Function:
         if self.n_outputs != 1:
             raise ValueError(f"value_and_grad needs a Function with one output, this one has "
                              f"{self.n_outputs}")
+        if is_dask_array(x):
+            from . import _dask
+            return _dask.value_and_grad(self, x)
+        if is_foreign_array(x):
+            return self._value_and_grad_array(x)
         self._compile()
         if self._backward is None:
             # not exact: rows that only feed a guard are in the plan, not in the gradient
@@ -521,7 +577,7 @@ class Function:
         """The gradient as a recorded Function (one output only), built once.
 
         The rows this Function evaluates are copied to a private tape
-        (:func:`tapegrad.derivatives.copy_rows`; the user's tape does not grow) and the
+        (:meth:`Tape.subtape`; the user's tape does not grow) and the
         reverse sweep is recorded there by :func:`tapegrad.grad`. Its inputs are all
         leaves the output reads (the inputs, then the other leaves, in row order), its
         outputs the ``n_in`` partial derivatives. Hessians are its Jacobian.
@@ -543,9 +599,9 @@ class Function:
         self._one_output("the gradient program")
         self._compile()
         if self._gradient is None:
-            from .derivatives import copy_rows, grad
+            from .derivatives import grad
             plan = self._plan
-            copy = copy_rows(self._tape.columns(), plan.rows, f"{self._tape.name}-gradient")
+            copy = self._tape.subtape(plan.rows, f"{self._tape.name}-gradient")
             leaves = [copy.value(int(r)) for r in plan.leaves]
             grads = grad(copy.value(int(self._out_local[0])),
                          [copy.value(int(r)) for r in self._in_local])
@@ -768,6 +824,63 @@ class Function:
         self._last_colours = count
         return _sparse_result(i, j, compressed[i, colour[j]], (n, n))
 
+    # -- other array libraries (array API) ----------------------------------------------
+
+    def _array_values(self, x: Any) -> tuple[Any, Any, bool]:
+        """(backend, ``(size, B)`` value array with constants, leaves and inputs, one
+        sample?) for an array ``x`` of another array API library."""
+        self._compile()
+        be = for_array(x, self._backends)
+        xp = be.xp
+        if xp.isdtype(x.dtype, "complex floating") or not xp.isdtype(
+                x.dtype, ("bool", "integral", "real floating")):
+            raise ValueError(f"inputs must be real numbers, got dtype {x.dtype}")
+        one = x.ndim == 1 and x.shape[0] == self.n_inputs
+        if not (one or x.ndim == 2 and x.shape[1] == self.n_inputs):
+            raise ValueError(f"expected shape ({self.n_inputs},) or (B, {self.n_inputs}) for "
+                             f"{self.n_inputs} inputs, got {tuple(x.shape)}")
+        batch = xp.astype(xp.reshape(x, (-1, self.n_inputs)), xp.float64)  # documented upcast
+        plan = self._plan
+        values = be.zeros(plan.size, batch.shape[0])
+        fixed = self._fixed_rows()
+        host = np.concatenate((plan.const_values, self._leaf_values()))
+        values = be.put(values, fixed, be.asarray(host[:, None]))
+        values = be.put(values, self._in_local, xp.permute_dims(batch, (1, 0)))
+        return be, values, one
+
+    def _fixed_rows(self) -> np.ndarray:
+        """Local rows of the constants, then of the leaves (kept: backends cache them)."""
+        plan = self._plan
+        if getattr(self, "_fixed", None) is None or self._fixed[0] is not plan:
+            consts = np.arange(plan.rows.size, plan.sink)
+            self._fixed = (plan, np.concatenate((consts, plan.leaves)))
+        return self._fixed[1]
+
+    def _call_array(self, x: Any) -> Any:
+        be, values, one = self._array_values(x)
+        values = self._plan.run_array(values, be, self._tape.describe,
+                                      anomaly=bool(_context.anomaly.depth))
+        out = be.xp.permute_dims(be.take(values, self._out_local), (1, 0))
+        return out[0, ...] if one else out
+
+    def _value_and_grad_array(self, x: Any) -> tuple[Any, Any]:
+        self._compile()
+        if self._backward is None:
+            self._backward = Backward(self._plan, int(self._out_local[0]),
+                                      exact=self._guards.size == 0)
+        be, values, one = self._array_values(x)
+        anomaly = bool(_context.anomaly.depth)
+        values = self._plan.run_array(values, be, self._tape.describe, anomaly=anomaly)
+        adj = self._backward.run_array(values, be, anomaly=anomaly)
+        found = self._backward.anomaly_found
+        if found is not None:
+            local, slot, partial, grad = found
+            raise_anomaly(self._tape.rows_object(), int(self._plan.rows[local]), slot,
+                          partial, grad)
+        v = values[int(self._out_local[0]), ...]
+        g = be.xp.permute_dims(be.take(adj, self._in_local), (1, 0))
+        return (v[0], g[0, ...]) if one else (v, g)
+
     def __repr__(self) -> str:
         return (f"Function({self.n_inputs} inputs -> {self.n_outputs} outputs, "
                 f"tape {self._tape.name!r})")
@@ -781,6 +894,11 @@ def _sparse_result(rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
     except ImportError:
         return rows, cols, values
     return sparse.csr_matrix((values, (rows, cols)), shape=shape)
+
+def _rebuild(tape: Any, in_rows: list[int], out_rows: list[int], single: bool) -> Function:
+    """The Function from ``in_rows`` to ``out_rows`` of ``tape`` (unpickling)."""
+    outs = [tape.value(r) for r in out_rows]
+    return Function([tape.value(r) for r in in_rows], outs[0] if single else outs)
 
 
 def _sequence(obj: object, what: str) -> Sequence:

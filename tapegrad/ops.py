@@ -6,9 +6,9 @@ Each :class:`Op` carries its name, the symbol pictures and dumps show, how many
 * ``scalar(x, y)``: the eager forward rule on Python floats, used while recording.
   It may raise (``ZeroDivisionError``, ``OverflowError``, ``ValueError``); the tape
   then falls back to the vectorized rule, so eager results follow IEEE like NumPy.
-* ``forward(x, y)``: the same rule vectorized over NumPy arrays (replay, checks).
+* ``forward(x, y)``: the same rule vectorized over arrays (replay, checks).
 * ``partials(x, y, out)``: the local partial derivatives ``(d out/dx, d out/dy)``,
-  vectorized over NumPy arrays (the reverse sweep). ``reads`` names the arguments
+  vectorized over arrays (the reverse sweep). ``reads`` names the arguments
   the rule uses (letters of ``"xyo"``); the sweep gathers only those and passes
   ``None`` for the others.
 * ``scalar_partials(x, y, out)``: the same partials on Python floats, for the
@@ -33,20 +33,93 @@ in the row instead of a Value operand (``x + 1.0``, ``2 ** x``), in which case t
 partial for that side is simply not used. Unary ops receive the row's constant as
 ``y`` and ignore it. Adding an op means adding one entry here, one facade method
 in :mod:`tapegrad.engine`, and a test.
+
+The vectorized rules are written once against an array namespace: ``array_rule(lambda
+xp, x, y: xp.tanh(x))``, with ``xp`` NumPy or any array API namespace (PyTorch, CuPy
+through ``array_api_compat``). :class:`Op` keeps the NumPy form in ``forward`` and
+``partials`` (bound once at import, as fast as a direct NumPy rule) and the
+namespace form in ``xp_forward`` and ``xp_partials``; :meth:`Op.array_rules` hands out
+the pair for a namespace. A rule given as a plain callable (``defop`` without
+``array_rule``) is a NumPy rule only.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
+import types
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 ScalarRule = Callable[[float, float], float]
 ArrayRule = Callable[[np.ndarray, np.ndarray], np.ndarray]
 PartialRule = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[object, object]]
+
+
+def _numpy_namespace() -> Any:
+    """NumPy with the array API's spellings (``pow``, ``atan2``, ``astype``): NumPy itself
+    from 2.1 on, a thin module over it before."""
+    if all(hasattr(np, name) for name in ("pow", "atan2", "astype")):
+        return np
+    shim = types.ModuleType("numpy_array_api")
+    shim.__getattr__ = lambda name: getattr(np, name)     # type: ignore[method-assign]
+    shim.pow, shim.atan2 = np.power, np.arctan2
+    shim.astype = lambda x, dtype: np.asarray(x).astype(dtype)
+    return shim
+
+
+NUMPY = _numpy_namespace()
+"""The namespace NumPy forms of :class:`NamespaceRule` rules are bound to."""
+
+
+class NamespaceRule:
+    """A vectorized rule written once against an array namespace: ``fn(xp, *args)``.
+
+    Calling the rule itself evaluates it with NumPy; :class:`Op` binds the NumPy form
+    once (``functools.partial``) and keeps ``fn`` for other namespaces.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(xp, x, y)`` (a forward rule) or ``fn(xp, x, y, out)`` (partials), using only
+        ``xp``'s functions and array operators.
+    """
+
+    __slots__ = ("fn", "numpy")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        if not callable(fn):
+            raise TypeError(f"an array rule must be callable, got {type(fn).__name__}")
+        self.fn = fn
+        self.numpy = functools.partial(fn, NUMPY)
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(NUMPY, *args)
+
+    def __repr__(self) -> str:
+        return f"array_rule({getattr(self.fn, '__name__', 'rule')})"
+
+
+def array_rule(fn: Callable[..., Any]) -> NamespaceRule:
+    """Mark ``fn(xp, ...)`` as a rule for any array namespace ``xp`` (see :class:`NamespaceRule`).
+
+    Parameters
+    ----------
+    fn : callable
+        The rule, taking the namespace first.
+
+    Returns
+    -------
+    NamespaceRule
+    """
+    return NamespaceRule(fn)
+
+
+_r = array_rule
 
 
 @dataclass(frozen=True)
@@ -58,8 +131,8 @@ class Op:
     symbol: str
     arity: int
     scalar: ScalarRule | None
-    forward: ArrayRule | None
-    partials: PartialRule | None
+    forward: ArrayRule | NamespaceRule | None
+    partials: PartialRule | NamespaceRule | None
     reads: str = "xyo"
     scalar_partials: Callable[[float, float, float], tuple[float, float]] | None = None
     guard: bool = False
@@ -67,8 +140,15 @@ class Op:
     grad_rule: Callable[[object, object, object], tuple[object, object]] | None = None
     curvature: str = "xx xy yy"
     zero_partials: bool = False     # partials are 0 everywhere (heaviside): no dependency
+    xp_forward: Callable[..., Any] | None = field(default=None, init=False, repr=False)
+    xp_partials: Callable[..., Any] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        for name in ("forward", "partials"):         # NumPy form bound once, xp form kept
+            rule = getattr(self, name)
+            if isinstance(rule, NamespaceRule):
+                object.__setattr__(self, name, rule.numpy)
+                object.__setattr__(self, "xp_" + name, rule.fn)
         if self.arity and not (self.guard or self.custom) and (
                 self.partials is None or self.scalar_partials is None):
             raise TypeError(f"op {self.name!r} takes operands but defines no partials "
@@ -79,6 +159,28 @@ class Op:
         if not set(self.curvature.split()) <= {"xx", "xy", "yy"}:
             raise ValueError(f"op {self.name!r}: curvature takes 'xx', 'xy', 'yy' separated "
                              f"by spaces, got {self.curvature!r}")
+
+    def array_rules(self, xp: Any) -> tuple[Callable[..., Any], Callable[..., Any] | None]:
+        """``(forward, partials)`` of this op for arrays of namespace ``xp``.
+
+        Raises
+        ------
+        TypeError
+            If the op's rules are NumPy rules only (a ``defop`` op given plain
+            callables) and ``xp`` is not NumPy.
+        """
+        if xp is np or xp is NUMPY:
+            return self.forward, self.partials
+        if self.forward is not None and self.xp_forward is None or (
+                self.partials is not None and self.xp_partials is None):
+            raise TypeError(
+                f"op {self.name!r} has NumPy-only rules, so it cannot run on "
+                f"{getattr(xp, '__name__', xp)!r} arrays: define it with "
+                "tapegrad.defop(name, array_rule(lambda xp, x, y: ...), "
+                "array_rule(lambda xp, x, y, out: ...)), using only xp's functions")
+        fwd = None if self.xp_forward is None else functools.partial(self.xp_forward, xp)
+        par = None if self.xp_partials is None else functools.partial(self.xp_partials, xp)
+        return fwd, par
 
     def local(self, x: float, y: float, out: float) -> tuple[float, float]:
         """Local partials on Python floats with IEEE results (inf/nan, never an exception)."""
@@ -116,21 +218,21 @@ def _sigmoid(x: float, y: float) -> float:
     return e / (1.0 + e)
 
 
-def _sigmoid_array(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+def _sigmoid_array(xp: Any, x: Any, y: Any) -> Any:
+    x = xp.asarray(x, dtype=xp.float64)
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def _pow_partials(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> tuple[object, object]:
+def _pow_partials(xp: Any, x: Any, y: Any, out: Any) -> tuple[object, object]:
     # d(x**y)/dx = y * x**(y-1), which is 0 for y == 0 (not 0 * 0**-1 = nan at x == 0);
     # where x**(y-1) alone overflows, (y * x**y) / x can still be finite
-    dx = y * np.power(x, y - 1.0)
+    dx = y * xp.pow(x, y - 1.0)
     alt = (y * out) / x
-    dx = np.where(np.isinf(dx) & np.isfinite(alt), alt, dx)
-    dx = np.where(y == 0, 0.0, dx)
+    dx = xp.where(xp.isinf(dx) & xp.isfinite(alt), alt, dx)
+    dx = xp.where(y == 0, 0.0, dx)
     # d(x**y)/dy = x**y * log(x); at x == 0 with y >= 0 the limit is 0 (as in PyTorch)
-    dy = np.where((x == 0) & (y >= 0), 0.0, out * np.log(x))
+    dy = xp.where((x == 0) & (y >= 0), 0.0, out * xp.log(x))
     return dx, dy
 
 
@@ -145,7 +247,7 @@ def _div_local(x: float, y: float, out: float) -> tuple[float, float]:
     return d0, -(x / y) / y
 
 
-def _div_partials(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> tuple[object, object]:
+def _div_partials(xp: Any, x: Any, y: Any, out: Any) -> tuple[object, object]:
     # -(x / y) / y, not -x / (y * y): y * y overflows or underflows where the result is
     # finite (x = 1e300, y = 1e200 gives -1e-100, not 0)
     return 1.0 / y, -(x / y) / y
@@ -232,63 +334,72 @@ def _zero_partials(x, y, out):
 # ---------------------------------------------------------------------------
 
 LEAF = Op(0, "leaf", "", 0, None, None, None, curvature="")
-ADD = Op(1, "add", "+", 2, operator.add, np.add, lambda x, y, out: (1.0, 1.0), "",
-         lambda x, y, out: (1.0, 1.0), grad_rule=lambda x, y, out: (1.0, 1.0), curvature="")
-SUB = Op(2, "sub", "-", 2, operator.sub, np.subtract, lambda x, y, out: (1.0, -1.0), "",
-         lambda x, y, out: (1.0, -1.0), grad_rule=lambda x, y, out: (1.0, -1.0),
+ADD = Op(1, "add", "+", 2, operator.add, _r(lambda xp, x, y: xp.add(x, y)),
+         _r(lambda xp, x, y, out: (1.0, 1.0)), "", lambda x, y, out: (1.0, 1.0),
+         grad_rule=lambda x, y, out: (1.0, 1.0), curvature="")
+SUB = Op(2, "sub", "-", 2, operator.sub, _r(lambda xp, x, y: xp.subtract(x, y)),
+         _r(lambda xp, x, y, out: (1.0, -1.0)), "", lambda x, y, out: (1.0, -1.0),
+         grad_rule=lambda x, y, out: (1.0, -1.0),
          curvature="")
-MUL = Op(3, "mul", "*", 2, operator.mul, np.multiply, lambda x, y, out: (y, x), "xy",
-         lambda x, y, out: (y, x), grad_rule=lambda x, y, out: (y, x), curvature="xy")
-DIV = Op(4, "div", "/", 2, operator.truediv, np.divide, _div_partials, "xy", _div_local,
+MUL = Op(3, "mul", "*", 2, operator.mul, _r(lambda xp, x, y: xp.multiply(x, y)),
+         _r(lambda xp, x, y, out: (y, x)), "xy", lambda x, y, out: (y, x),
+         grad_rule=lambda x, y, out: (y, x), curvature="xy")
+DIV = Op(4, "div", "/", 2, operator.truediv, _r(lambda xp, x, y: xp.divide(x, y)),
+         _r(_div_partials), "xy", _div_local,
          grad_rule=_g_div, curvature="xy yy")
-POW = Op(5, "pow", "**", 2, math.pow, np.power, _pow_partials, "xyo", _pow_local,
+POW = Op(5, "pow", "**", 2, math.pow, _r(lambda xp, x, y: xp.pow(x, y)), _r(_pow_partials),
+         "xyo", _pow_local,
          grad_rule=_g_pow, curvature="xx xy yy")
-NEG = Op(6, "neg", "neg", 1, _unary(operator.neg), lambda x, y: np.negative(x),
-         lambda x, y, out: (-1.0, 0.0), "", lambda x, y, out: (-1.0, 0.0),
+NEG = Op(6, "neg", "neg", 1, _unary(operator.neg), _r(lambda xp, x, y: xp.negative(x)),
+         _r(lambda xp, x, y, out: (-1.0, 0.0)), "", lambda x, y, out: (-1.0, 0.0),
          grad_rule=lambda x, y, out: (-1.0, 0.0), curvature="")
-RELU = Op(7, "relu", "ReLU", 1, _relu, lambda x, y: np.where(x < 0, 0.0, x),
-          lambda x, y, out: ((out > 0) * 1.0, 0.0), "o",
+RELU = Op(7, "relu", "ReLU", 1, _relu, _r(lambda xp, x, y: xp.where(x < 0, 0.0, x)),
+          _r(lambda xp, x, y, out: (xp.astype(out > 0, xp.float64), 0.0)), "o",
           lambda x, y, out: (1.0 if out > 0 else 0.0, 0.0),
           grad_rule=lambda x, y, out: (_step(x, 0.0), 0.0), curvature="")
-TANH = Op(8, "tanh", "tanh", 1, _unary(math.tanh), lambda x, y: np.tanh(x),
-          lambda x, y, out: (1.0 - out * out, 0.0), "o",
+TANH = Op(8, "tanh", "tanh", 1, _unary(math.tanh), _r(lambda xp, x, y: xp.tanh(x)),
+          _r(lambda xp, x, y, out: (1.0 - out * out, 0.0)), "o",
           lambda x, y, out: (1.0 - out * out, 0.0),
           grad_rule=lambda x, y, out: (1.0 - out * out, 0.0), curvature="xx")
-SIGMOID = Op(9, "sigmoid", "sigmoid", 1, _sigmoid, _sigmoid_array,
-             lambda x, y, out: (out * (1.0 - out), 0.0), "o",
+SIGMOID = Op(9, "sigmoid", "sigmoid", 1, _sigmoid, _r(_sigmoid_array),
+             _r(lambda xp, x, y, out: (out * (1.0 - out), 0.0)), "o",
              lambda x, y, out: (out * (1.0 - out), 0.0),
              grad_rule=lambda x, y, out: (out * (1.0 - out), 0.0), curvature="xx")
-EXP = Op(10, "exp", "exp", 1, _unary(math.exp), lambda x, y: np.exp(x),
-         lambda x, y, out: (out, 0.0), "o", lambda x, y, out: (out, 0.0),
+EXP = Op(10, "exp", "exp", 1, _unary(math.exp), _r(lambda xp, x, y: xp.exp(x)),
+         _r(lambda xp, x, y, out: (out, 0.0)), "o", lambda x, y, out: (out, 0.0),
          grad_rule=lambda x, y, out: (out, 0.0), curvature="xx")
-LOG = Op(11, "log", "log", 1, _unary(math.log), lambda x, y: np.log(x),
-         lambda x, y, out: (1.0 / x, 0.0), "x", lambda x, y, out: (1.0 / x, 0.0),
+LOG = Op(11, "log", "log", 1, _unary(math.log), _r(lambda xp, x, y: xp.log(x)),
+         _r(lambda xp, x, y, out: (1.0 / x, 0.0)), "x", lambda x, y, out: (1.0 / x, 0.0),
          grad_rule=lambda x, y, out: (1.0 / x, 0.0), curvature="xx")
-SQRT = Op(12, "sqrt", "sqrt", 1, _unary(math.sqrt), lambda x, y: np.sqrt(x),
-          lambda x, y, out: (0.5 / out, 0.0), "o", lambda x, y, out: (0.5 / out, 0.0),
+SQRT = Op(12, "sqrt", "sqrt", 1, _unary(math.sqrt), _r(lambda xp, x, y: xp.sqrt(x)),
+          _r(lambda xp, x, y, out: (0.5 / out, 0.0)), "o", lambda x, y, out: (0.5 / out, 0.0),
           grad_rule=lambda x, y, out: (0.5 / out, 0.0), curvature="xx")
-ABS = Op(13, "abs", "abs", 1, _unary(math.fabs), lambda x, y: np.abs(x),
-         lambda x, y, out: (np.sign(x), 0.0), "x", lambda x, y, out: (_sign(x), 0.0),
+ABS = Op(13, "abs", "abs", 1, _unary(math.fabs), _r(lambda xp, x, y: xp.abs(x)),
+         _r(lambda xp, x, y, out: (xp.sign(x), 0.0)), "x", lambda x, y, out: (_sign(x), 0.0),
          grad_rule=lambda x, y, out: (2.0 * _step(x, 0.5) - 1.0, 0.0), curvature="")
-SIN = Op(14, "sin", "sin", 1, _unary(math.sin), lambda x, y: np.sin(x),
-         lambda x, y, out: (np.cos(x), 0.0), "x", lambda x, y, out: (math.cos(x), 0.0),
+SIN = Op(14, "sin", "sin", 1, _unary(math.sin), _r(lambda xp, x, y: xp.sin(x)),
+         _r(lambda xp, x, y, out: (xp.cos(x), 0.0)), "x", lambda x, y, out: (math.cos(x), 0.0),
          grad_rule=lambda x, y, out: (x.cos(), 0.0), curvature="xx")
-COS = Op(15, "cos", "cos", 1, _unary(math.cos), lambda x, y: np.cos(x),
-         lambda x, y, out: (-np.sin(x), 0.0), "x", lambda x, y, out: (-math.sin(x), 0.0),
+COS = Op(15, "cos", "cos", 1, _unary(math.cos), _r(lambda xp, x, y: xp.cos(x)),
+         _r(lambda xp, x, y, out: (-xp.sin(x), 0.0)), "x",
+         lambda x, y, out: (-math.sin(x), 0.0),
          grad_rule=lambda x, y, out: (-x.sin(), 0.0), curvature="xx")
 
 # Comparisons are guards: the facade returns a Python bool and records the outcome
 # (1.0 / 0.0) so that a replay can check that the program would take the same branch.
 # They have no partials: nothing is differentiated through a comparison.
 LT = Op(16, "lt", "<", 2, lambda x, y: float(x < y),
-        lambda x, y: np.less(x, y).astype(np.float64), None, "", guard=True, curvature="")
+        _r(lambda xp, x, y: xp.astype(xp.less(x, y), xp.float64)), None, "", guard=True,
+        curvature="")
 LE = Op(17, "le", "<=", 2, lambda x, y: float(x <= y),
-        lambda x, y: np.less_equal(x, y).astype(np.float64), None, "", guard=True,
+        _r(lambda xp, x, y: xp.astype(xp.less_equal(x, y), xp.float64)), None, "", guard=True,
         curvature="")
 GT = Op(18, "gt", ">", 2, lambda x, y: float(x > y),
-        lambda x, y: np.greater(x, y).astype(np.float64), None, "", guard=True, curvature="")
+        _r(lambda xp, x, y: xp.astype(xp.greater(x, y), xp.float64)), None, "", guard=True,
+        curvature="")
 GE = Op(19, "ge", ">=", 2, lambda x, y: float(x >= y),
-        lambda x, y: np.greater_equal(x, y).astype(np.float64), None, "", guard=True,
+        _r(lambda xp, x, y: xp.astype(xp.greater_equal(x, y), xp.float64)), None, "",
+        guard=True,
         curvature="")
 
 # A row made the lecture's way, ``Value(data, (a, b), "op")``: the user computed its
@@ -302,9 +413,9 @@ def _atan2_local(x: float, y: float, out: float) -> tuple[float, float]:
     return y / r, -x / r
 
 
-def _max_partials(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> tuple[object, object]:
+def _max_partials(xp: Any, x: Any, y: Any, out: Any) -> tuple[object, object]:
     # as PyTorch: the gradient goes to the larger operand, split evenly on a tie
-    d0 = np.where(x > y, 1.0, np.where(x == y, 0.5, 0.0))
+    d0 = xp.where(x > y, 1.0, xp.where(x == y, 0.5, 0.0))
     return d0, 1.0 - d0
 
 
@@ -313,8 +424,8 @@ def _max_local(x: float, y: float, out: float) -> tuple[float, float]:
     return d0, 1.0 - d0
 
 
-def _min_partials(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> tuple[object, object]:
-    d0 = np.where(x < y, 1.0, np.where(x == y, 0.5, 0.0))
+def _min_partials(xp: Any, x: Any, y: Any, out: Any) -> tuple[object, object]:
+    d0 = xp.where(x < y, 1.0, xp.where(x == y, 0.5, 0.0))
     return d0, 1.0 - d0
 
 
@@ -324,33 +435,39 @@ def _min_local(x: float, y: float, out: float) -> tuple[float, float]:
 
 
 # Function-style ops (tapegrad.atan2(a, b), tapegrad.maximum(a, b), Value.log1p(), ...)
-ATAN2 = Op(21, "atan2", "atan2", 2, math.atan2, np.arctan2,
-           lambda x, y, out: (y / (x * x + y * y), -x / (x * x + y * y)), "xy", _atan2_local,
+ATAN2 = Op(21, "atan2", "atan2", 2, math.atan2, _r(lambda xp, x, y: xp.atan2(x, y)),
+           _r(lambda xp, x, y, out: (y / (x * x + y * y), -x / (x * x + y * y))), "xy",
+           _atan2_local,
            grad_rule=_g_atan2, curvature="xx xy yy")
-LOG1P = Op(22, "log1p", "log1p", 1, _unary(math.log1p), lambda x, y: np.log1p(x),
-           lambda x, y, out: (1.0 / (1.0 + x), 0.0), "x",
+LOG1P = Op(22, "log1p", "log1p", 1, _unary(math.log1p), _r(lambda xp, x, y: xp.log1p(x)),
+           _r(lambda xp, x, y, out: (1.0 / (1.0 + x), 0.0)), "x",
            lambda x, y, out: (1.0 / (1.0 + x), 0.0),
            grad_rule=lambda x, y, out: (1.0 / (1.0 + x), 0.0), curvature="xx")
-EXPM1 = Op(23, "expm1", "expm1", 1, _unary(math.expm1), lambda x, y: np.expm1(x),
-           lambda x, y, out: (out + 1.0, 0.0), "o", lambda x, y, out: (out + 1.0, 0.0),
+EXPM1 = Op(23, "expm1", "expm1", 1, _unary(math.expm1), _r(lambda xp, x, y: xp.expm1(x)),
+           _r(lambda xp, x, y, out: (out + 1.0, 0.0)), "o", lambda x, y, out: (out + 1.0, 0.0),
            grad_rule=lambda x, y, out: (out + 1.0, 0.0), curvature="xx")
 # leaky_relu(x, slope): x where x > 0, else slope * x (the slope is usually an immediate)
 LEAKY_RELU = Op(24, "leaky_relu", "LeakyReLU", 2,
                 lambda x, y: x if x > 0 else y * x,
-                lambda x, y: np.where(x > 0, x, y * x),
-                lambda x, y, out: (np.where(x > 0, 1.0, y), np.where(x > 0, 0.0, x)), "xy",
+                _r(lambda xp, x, y: xp.where(x > 0, x, y * x)),
+                _r(lambda xp, x, y, out: (xp.where(x > 0, 1.0, y), xp.where(x > 0, 0.0, x))),
+                "xy",
                 lambda x, y, out: (1.0, 0.0) if x > 0 else (y, x),
                 grad_rule=_g_leaky_relu, curvature="xy")
 # (nan propagates from either side, as in NumPy: x != x holds only for nan)
-MAXIMUM = Op(25, "maximum", "max", 2, lambda x, y: x if x >= y or x != x else y, np.maximum,
-             _max_partials, "xy", _max_local, grad_rule=_g_max, curvature="")
-MINIMUM = Op(26, "minimum", "min", 2, lambda x, y: x if x <= y or x != x else y, np.minimum,
-             _min_partials, "xy", _min_local, grad_rule=_g_min, curvature="")
+MAXIMUM = Op(25, "maximum", "max", 2, lambda x, y: x if x >= y or x != x else y,
+             _r(lambda xp, x, y: xp.maximum(x, y)), _r(_max_partials), "xy", _max_local,
+             grad_rule=_g_max, curvature="")
+MINIMUM = Op(26, "minimum", "min", 2, lambda x, y: x if x <= y or x != x else y,
+             _r(lambda xp, x, y: xp.minimum(x, y)), _r(_min_partials), "xy", _min_local,
+             grad_rule=_g_min, curvature="")
 # heaviside(x, h): 1 where x > 0, 0 where x < 0, h where x == 0 (as np.heaviside). Not a
 # guard: its value is data, so a replay where x changes sign is fine. The derivatives
 # of relu, abs, leaky_relu, maximum and minimum that tapegrad.grad records use it.
-HEAVISIDE = Op(27, "heaviside", "H", 2, _heaviside, np.heaviside,
-               lambda x, y, out: (0.0, 0.0), "", lambda x, y, out: (0.0, 0.0),
+HEAVISIDE = Op(27, "heaviside", "H", 2, _heaviside,
+               _r(lambda xp, x, y: xp.where(x == 0, y, xp.where(x > 0, 1.0,
+                                                              xp.where(x < 0, 0.0, x)))),
+               _r(lambda xp, x, y, out: (0.0, 0.0)), "", lambda x, y, out: (0.0, 0.0),
                grad_rule=_zero_partials, curvature="", zero_partials=True)
 
 OPS: list[Op] = [LEAF, ADD, SUB, MUL, DIV, POW, NEG, RELU, TANH, SIGMOID, EXP, LOG, SQRT, ABS,

@@ -336,6 +336,42 @@ class Tape:
         return _unpickle_tape, (self.name, self.reclaim, self.reclaim_min_rows,
                                 self._rows.state())
 
+    def subtape(self, rows: Any, name: str | None = None) -> Tape:
+        """A new tape holding copies of ``rows``, renumbered compactly.
+
+        Row ``k`` of the new tape is a copy of ``rows[k]`` (op, operands renumbered,
+        immediate, current value and gradient, level, label, scope). ``rows`` must be
+        closed under operands (every operand of a row is among them): the ancestors of
+        some rows, say, as :attr:`Function.rows` are. Leaves of other tapes linked into
+        this one become plain leaves holding their current values. This is how a
+        :class:`~tapegrad.Function` pickles only what it evaluates.
+
+        Parameters
+        ----------
+        rows : array_like of int
+            Ascending, distinct rows of this tape.
+        name : str, optional
+            The new tape's name (default: ``"<this name>/sub"``).
+
+        Returns
+        -------
+        Tape
+            A new explicit tape (no reclaiming) with ``len(rows)`` rows.
+
+        Raises
+        ------
+        TypeError
+            If ``rows`` is not a 1-D int array, or holds a custom row (made with
+            ``Value(data, _children, _op)``: its ``_backward`` is a Python closure).
+        ValueError
+            If ``rows`` is not ascending and distinct on this tape, or not closed under
+            operands.
+        """
+        state = self._rows.extract(np.asarray(rows))
+        tape = Tape(name if name is not None else f"{self.name}/sub")
+        tape.rows_object().load_columns(state)
+        return tape
+
     def compact(self) -> int:
         """Drop the rows no live Value needs and slide the rest down.
 

@@ -214,3 +214,18 @@ def test_demo_notebook_runs_and_draws(tmp_path, monkeypatch):
     assert "number of parameters 337" in text
     used = re.search(r"TAPEGRAD_FILE (\S+)", text).group(1)
     assert Path(used).resolve().is_relative_to(ROOT), used
+
+
+# -- examples/dask_sensitivity.py --------------------------------------------------------
+
+def test_dask_sensitivity_runs_small_on_a_local_cluster(tmp_path):
+    pytest.importorskip("distributed", reason='needs Dask (pip install "tapegrad[dask]")')
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "s.png"
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "dask_sensitivity.py"), "--n", "20000", "--chunk",
+         "5000", "--no-progress", "--out", str(out)],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^20,000 samples in [\d.]+ s", proc.stdout, flags=re.MULTILINE)
+    assert out.stat().st_size > 10_000
