@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from tapegrad import Function, Tape, Value  # noqa: E402
+from tapegrad import DASK_WORKER_ENV, Function, Tape, Value  # noqa: E402
 from tapegrad.nn import MLP  # noqa: E402
 
 # f(x) one sample, f(X) B=1000, value_and_grad one sample, B=1000 (us), measured on this
@@ -94,8 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         filter(None, [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       os.environ.get("PYTHONPATH")]))
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    import dask
+    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **DASK_WORKER_ENV}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True,
+            dashboard_address=None) as cluster, Client(cluster) as client:
         for row, (_, _, remote) in zip(rows, kinds):
             base = client.run(peak_mb)
             D = da.random.default_rng(0).uniform(-2, 2, (args.n, 2), chunks=(args.chunk, 2))

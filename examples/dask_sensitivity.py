@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from tapegrad import Function, Tape, Value
+from tapegrad import DASK_WORKER_ENV, Function, Tape, Value
 
 STEPS = 40          # Euler steps
 T = 4.0             # end time
@@ -64,8 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.address:
         client = Client(args.address)
     else:
-        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+        import dask
+        # keep NumPy's freed temporaries for reuse on the workers (tapegrad.DASK_WORKER_ENV)
+        environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **DASK_WORKER_ENV}
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1,
+                                   processes=True, dashboard_address=None)
         client = Client(cluster)
     try:
         rng = da.random.default_rng(0)

@@ -4,6 +4,7 @@ Every scalar op is one row of a structure-of-arrays tape; ``backward()`` is a
 vectorized reverse sweep over integer opcodes.
 """
 
+from ._dask import WORKER_ENV as DASK_WORKER_ENV
 from ._plan import GuardError
 from .derivatives import grad
 from .engine import Value
@@ -26,5 +27,5 @@ from .tape import ResetTapeError, Tape, current_tape, detect_anomaly, scope
 
 __all__ = ["Value", "Tape", "Function", "current_tape", "scope", "detect_anomaly", "profile",
            "ResetTapeError", "GuardError", "defop", "atan2", "log1p", "expm1", "leaky_relu",
-           "maximum", "minimum", "clip", "heaviside", "dot", "grad"]
+           "maximum", "minimum", "clip", "heaviside", "dot", "grad", "DASK_WORKER_ENV"]
 __version__ = "0.1.0"

@@ -128,8 +128,12 @@ def client():
     # the worker processes must import this checkout's tapegrad, as this process does
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), old]))
     try:
-        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                           dashboard_address=None, silence_logs=40)
+        environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"),
+                   **tapegrad.DASK_WORKER_ENV}
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1,
+                                               processes=True, dashboard_address=None,
+                                               silence_logs=40)
         c = distributed.Client(cluster)
         yield c
         c.close()
