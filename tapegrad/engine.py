@@ -11,12 +11,15 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
-from . import _record, _sweep, ops
+from . import _context, _record, _sweep, ops
 from ._record import as_number, binary, compare, reflected, unary
 from ._rows import Block
 from .tape import Tape
 
 __all__ = ["Value"]
+
+_current_rows = _context.current_rows
+_LEAF_STAGED = (ops.LEAF.code, -1, -1, 0.0, 0)     # a leaf's staged fields (Rows.append)
 
 
 class Value:
@@ -67,6 +70,18 @@ class Value:
 
     def __init__(self, data: float, _children: tuple = (), _op: str = "",
                  label: str = "") -> None:
+        if type(data) is float and not _children and not label:
+            # the hot path of record_leaf (tests/test_record.py checks they agree)
+            t = _current_rows()
+            r = t.count
+            if r < t.limit:
+                t.vals[r] = data
+                t.count = r + 1
+                t.stage += _LEAF_STAGED
+                self._b = t.cur
+                self._o = r
+                self._l = 0
+                return
         x = as_number(data, "Value(data)")
         if not isinstance(label, str):
             raise TypeError(f"label must be a str, got {type(label).__name__}")

@@ -140,3 +140,18 @@ def test_every_op_has_agreeing_scalar_and_vectorized_partials():
                 if not same and op.name not in EXACT:     # libm and NumPy: an ulp or two
                     same = math.isclose(want, got, rel_tol=1e-15)
                 assert same, (op.name, slot, xs[k], ys[k], want, got)
+
+
+def test_leaf_fast_path_writes_the_rows_of_the_general_path():
+    """Value(float) takes an inlined path; Value(np.float64) the general one."""
+    tapes = []
+    for make in (float, np.float64):
+        with Tape() as t:
+            vs = [Value(make(x)) for x in (1.5, -0.0, float("inf"))]
+            y = vs[0] * vs[1] + vs[2]
+            y.backward()
+        tapes.append((t.columns(), [v.grad for v in vs], [v.data for v in vs]))
+    (a, ga, da), (b, gb, db) = tapes
+    for k in a._fields:
+        assert np.array_equal(getattr(a, k).view(np.uint8), getattr(b, k).view(np.uint8)), k
+    assert ga == gb and [repr(x) for x in da] == [repr(x) for x in db]
