@@ -70,7 +70,7 @@ class Value:
 
     def __init__(self, data: float, _children: tuple = (), _op: str = "",
                  label: str = "") -> None:
-        if type(data) is float and not _children and label == "":
+        if type(data) is float and not _children and type(label) is str and not label:
             # the hot path of record_leaf (tests/test_record.py checks they agree)
             t = _current_rows()
             r = t.count
