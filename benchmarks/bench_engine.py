@@ -383,6 +383,33 @@ def bench_record(ops: int) -> dict:
     return {k: v / ops for k, v in out.items()}
 
 
+def bench_bulk(calls: int) -> dict:
+    """A Layer(16, 16) call (528 rows): bulk recording, tapegrad's neuron-by-neuron
+    loop (the scalar recorders), micrograd (gc off / on); seconds per row."""
+    def layer_run(nn, Value, per_neuron=False):
+        random.seed(0)
+        layer = nn.Layer(16, 16)
+        x = [Value(0.1 * k) for k in range(16)]
+
+        def run():
+            for _ in range(calls):
+                if per_neuron:
+                    [n(x) for n in layer.neurons]
+                else:
+                    layer(x)
+        return run
+    rows = calls * 16 * 33
+    with tapegrad.Tape() as tape:
+        out = {"tapegrad": timed(layer_run(tapegrad.nn, tapegrad.Value), 5)[0] / rows,
+               "loop": timed(layer_run(tapegrad.nn, tapegrad.Value, True), 5)[0] / rows}
+    tape.reset()
+    for gc_on in (False, True):
+        with GC(gc_on):
+            out["micrograd_gc_on" if gc_on else "micrograd_gc_off"] = timed(
+                layer_run(micrograd.nn, micrograd.engine.Value), 5)[0] / rows
+    return out
+
+
 # ------------------------------------------------------------------------------------
 # report
 # ------------------------------------------------------------------------------------
@@ -414,14 +441,18 @@ def report(res: dict) -> list[tuple[str, ...]]:
                           f"ancestors, {100 * sp['ancestors'] / sp['rows']:.1f}%)", sp,
                           ">= 5x faster"))
     rows.append(_peer_row("recording c = a*b; d = c + a, per op", res["record"],
-                          ">= 2x faster", unit=ns))
+                          ">= 2x faster (#13)", unit=ns))
+    bulk = res["bulk"]
+    rows.append(_peer_row(f"nn.Layer(16, 16) call, per row (bulk; neuron loop "
+                          f"{bulk['loop'] * 1e9:,.0f} ns)", bulk, "bit-identical rows", unit=ns))
     w1 = res["w1"]
-    rows.append(_peer_row("W1 moons step (record + backward + SGD)", w1, "no slower than v1"))
+    rows.append(_peer_row("W1 moons step (record + backward + SGD)", w1,
+                          ">= 5x faster (#13)"))
     w2 = res["w2"]
     rows.append((f"W2 chain of {w2['ops']:,} ops, backward per op",
                  f"{w2['backward_first_s'] / w2['ops'] * 1e9:.0f} ns first, "
                  f"{w2['backward_s'] / w2['ops'] * 1e9:.0f} ns again", w2["micrograd"], "-", "-",
-                 "no slower than v1"))
+                 "first call <= 60 ns (#13)"))
     for w3 in res["w3"]:
         n = w3["ops"]
         rows.append((f"W3 layered DAG {n:,} ops, backward",
@@ -429,7 +460,9 @@ def report(res: dict) -> list[tuple[str, ...]]:
                      f"{_ms(w3['tapegrad_backward_s'])} again",
                      _ms(w3["micrograd_backward_s_gc_off"]), _ms(w3["micrograd_backward_s_gc_on"]),
                      f"{w3['micrograd_backward_s_gc_off'] / w3['tapegrad_backward_first_s']:.1f}x "
-                     "(first call, gc off)", "no slower than v1"))
+                     f"(first call, gc off); {w3['tapegrad_backward_first_s'] / n * 1e9:.0f} / "
+                     f"{w3['tapegrad_backward_s'] / n * 1e9:.0f} ns per op",
+                     "<= 100 ns per op (#13, 2e5)"))
     mem = res["memory"]
     rows.append(("memory per node", f"{mem['nbytes_per_row']:.0f} B tape "
                  f"({mem['rss_bytes_per_op']:.0f} B RSS)",
@@ -459,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     res["sparse"] = bench_sparse(2 * 10**4 if quick else 2 * 10**5)
     print("recording ...", flush=True)
     res["record"] = bench_record(2 * 10**4 if quick else 2 * 10**5)
+    print("bulk layer ...", flush=True)
+    res["bulk"] = bench_bulk(20 if quick else 200)
     print("W1 ...", flush=True)
     res["w1"] = bench_w1(steps=5 if quick else 10, peer_steps=1 if quick else 3)
     print("W2 ...", flush=True)
