@@ -792,8 +792,10 @@ class Directional:
         y = np.where(plan.y < n, plan.y, -1).astype(np.int64)
         live = (_graph.descendants(x, y, plan.level, self.sources, n)
                 & _graph.ancestors(x, y, plan.level, self.targets))
+        self.live = live                  # plan rows on a path from a source to a target
         order = backward.order
         pos = np.flatnonzero(live[order])
+        self.positions = pos              # their positions in ``backward.order``
         by_level, starts = _graph.level_groups(plan.level[order[pos]], descending=False)
         pos = pos[by_level]
         self.groups = [pos[a:b] for a, b in zip(starts[:-1].tolist(), starts[1:].tolist())]
@@ -801,6 +803,14 @@ class Directional:
         # slots reading an immediate or nothing: their partial (pow's d/dy of x ** 2 at
         # x < 0 is nan) must not meet the zero tangent there
         self.unused = np.flatnonzero(np.concatenate((backward.t0, backward.t1)) >= n)
+        self._condensed: _Condensed | None = None
+
+    @property
+    def condensed(self) -> _Condensed:
+        """The sweep with single-reader rows eliminated (:class:`_Condensed`), built once."""
+        if self._condensed is None:
+            self._condensed = _Condensed(self)
+        return self._condensed
 
     def partials(self, values: np.ndarray) -> np.ndarray:
         """Local partials of every row with partials (:meth:`Backward.partials`), zero
@@ -834,3 +844,190 @@ class Directional:
                 np.add.at(adjoints, t0[p], w0)
                 np.add.at(adjoints, t1[p], w1)
         return adjoints
+
+
+_DENSE_FILL = 0.125     # a condensed step multiplies a dense block when this full or more
+
+
+@dataclass
+class _CondensedStep:
+    """The condensed edges into the roots of one condensed level."""
+
+    roots: np.ndarray      # condensed nodes written (ascending)
+    leaves: np.ndarray     # distinct condensed nodes read (ascending)
+    lo: int                # this step's edges: ``weights[lo:hi]``, sorted by (root, leaf)
+    hi: int
+    edge_leaf: np.ndarray  # (e,) condensed node read by each edge
+    edge_root: np.ndarray  # (e,) position in ``roots`` of each edge's root
+    root_starts: np.ndarray   # first edge of each root (every root has one)
+    ri: np.ndarray         # (root, leaf) positions of each distinct pair in the block
+    ci: np.ndarray
+    pair_starts: np.ndarray | None   # first edge of each pair when pairs repeat
+    by_leaf: np.ndarray    # edges sorted by leaf, the first of each leaf's run, its leaf
+    leaf_starts: np.ndarray
+    leaf_runs: np.ndarray
+    dense: bool            # multiply a dense (roots x leaves) block (BLAS)
+
+
+class _Condensed:
+    """A :class:`Directional`'s sweep with every single-reader row eliminated.
+
+    A swept row read by exactly one swept row (once) and not a target passes its
+    tangent on to that reader only, so its reader's *root* (follow single readers up
+    to a row that is read more often, or a target) sees each of the row's own operands
+    through the product of the local partials on the path. Those products are found
+    by pointer jumping (``log2`` of the deepest path rounds, whatever the ops); the
+    tangents then travel only over the roots, the live sources and the edges from
+    them to the roots (weight: path product times the edge's partial), one step per
+    level of that condensed graph: a dense block product where the step's edges fill
+    enough of it, else gather, scale and a sorted ``np.add.reduceat``. The sum chains
+    of a dot product, a recurrence's states and an expression tree each become one
+    edge per operand they read from outside.
+    """
+
+    def __init__(self, sweep: Directional) -> None:
+        bw, plan = sweep.backward, sweep.backward.plan
+        n, size, m = plan.rows.size, plan.size, sweep.m
+        pos = sweep.positions
+        rows = bw.order[pos]
+        sources = sweep.sources
+        swept = np.zeros(size, bool)
+        swept[rows] = True
+        node = swept.copy()
+        live_src = sources[sweep.live[sources]]
+        node[live_src] = True
+        cons, opnd, part = [], [], []
+        for slot, operand in ((0, bw.t0), (1, bw.t1)):
+            o = operand[pos]
+            keep = (o < n) & node[o]
+            cons.append(rows[keep])
+            opnd.append(o[keep].astype(np.int64))
+            part.append(slot * m + pos[keep])
+        cons, opnd, part = (np.concatenate(a).astype(np.int64) for a in (cons, opnd, part))
+        reads = np.bincount(opnd, minlength=size)
+        gone = swept & (reads == 1)
+        gone[sweep.targets] = False
+        tree = gone[opnd]                      # edge into an eliminated row: its parent link
+        # eliminated rows: the ones read by an eliminated row (internal) first, then the rest
+        child_of = np.full(size, -1, np.int64)
+        child_of[opnd[tree]] = cons[tree]
+        link_part = np.zeros(size, np.int64)
+        link_part[opnd[tree]] = part[tree]
+        internal = np.zeros(size, bool)
+        internal[cons[tree]] = True
+        internal &= gone
+        inner = np.flatnonzero(internal)
+        outer = np.flatnonzero(gone & ~internal)
+        k = inner.size
+        slot_of = np.full(size, k, np.int64)  # index into the path products; k holds 1.0
+        slot_of[inner] = np.arange(k)
+        slot_of[outer] = np.arange(k + 1, k + 1 + outer.size)
+        self.inner_part = link_part[inner]
+        self.rounds = _graph.jump_rounds(slot_of[child_of[inner]])
+        self.outer_part = link_part[outer]
+        self.outer_parent = slot_of[child_of[outer]]
+        self.n_paths = k + 1 + outer.size
+        parent = np.arange(size)
+        parent[opnd[tree]] = cons[tree]
+        root = _graph.forest_roots(parent)
+        # condensed graph: roots and live sources; node ``count`` is an always-zero slot
+        nodes = np.flatnonzero(node & ~gone)
+        count = nodes.size
+        node_id = np.full(size + 1, count, np.int64)
+        node_id[nodes] = np.arange(count)
+        self.count = count
+        self.source_nodes = node_id[sources]
+        self.target_nodes = node_id[sweep.targets]
+        edge = ~tree
+        head = node_id[root[cons[edge]]]
+        tail = node_id[opnd[edge]]
+        w_path, w_part = slot_of[cons[edge]], part[edge]
+        level = _graph.dag_levels(tail, head, plan.level[nodes], count)
+        order = np.lexsort((tail, head, level[head]))
+        head, tail = head[order], tail[order]
+        self.w_path, self.w_part = w_path[order], w_part[order]
+        self.steps: list[_CondensedStep] = []
+        cuts = np.flatnonzero(np.diff(level[head])) + 1
+        for lo, hi in zip([0] + cuts.tolist(), cuts.tolist() + [head.size]):
+            h, t = head[lo:hi], tail[lo:hi]
+            roots, ri = np.unique(h, return_inverse=True)
+            leaves, ci = np.unique(t, return_inverse=True)
+            pair = ri * leaves.size + ci
+            first = np.concatenate(([True], pair[1:] != pair[:-1]))
+            pair_starts = np.flatnonzero(first)
+            root_starts = np.flatnonzero(np.concatenate(([True], h[1:] != h[:-1])))
+            by_leaf = np.argsort(t, kind="stable")
+            ts = t[by_leaf]
+            leaf_starts = np.flatnonzero(np.concatenate(([True], ts[1:] != ts[:-1])))
+            self.steps.append(_CondensedStep(
+                roots, leaves, lo, hi, t, ri, root_starts, ri[first], ci[first],
+                None if first.all() else pair_starts, by_leaf, leaf_starts,
+                ts[leaf_starts], roots.size * leaves.size * _DENSE_FILL <= pair_starts.size))
+
+    def weights(self, part: np.ndarray) -> np.ndarray:
+        """Weight of every condensed edge: the partials' product along its path."""
+        paths = np.empty((self.n_paths,) + part.shape[1:])
+        k = self.inner_part.size
+        paths[:k] = part[self.inner_part]
+        paths[k] = 1.0
+        for nodes, jump in self.rounds:
+            paths[nodes] *= paths[jump]
+        paths[k + 1:] = part[self.outer_part] * paths[self.outer_parent]
+        return paths[self.w_path] * part[self.w_part]
+
+    @staticmethod
+    def _block(step: _CondensedStep, w: np.ndarray) -> np.ndarray:
+        """The step's edges as a dense ``(roots, leaves)`` block (``(B, roots, leaves)``)."""
+        if step.pair_starts is not None:
+            w = np.add.reduceat(w, step.pair_starts, axis=0)
+        if w.ndim == 1:
+            block = np.zeros((step.roots.size, step.leaves.size))
+            block[step.ri, step.ci] = w
+        else:
+            block = np.zeros((w.shape[1], step.roots.size, step.leaves.size))
+            block[:, step.ri, step.ci] = w.T
+        return block
+
+    def forward(self, part: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+        """Tangents of the targets for ``seeds`` at the sources: ``(sources, K)`` or
+        ``(sources, B, K)`` in, ``(targets, ...)`` out."""
+        t = np.zeros((self.count + 1,) + seeds.shape[1:])
+        t[self.source_nodes] = seeds
+        t[self.count] = 0.0
+        w = self.weights(part)
+        with np.errstate(all="ignore"):
+            for s in self.steps:
+                ws = w[s.lo: s.hi]
+                if s.dense:
+                    block = self._block(s, ws)
+                    if ws.ndim == 1:
+                        t[s.roots] = block @ t[s.leaves]
+                    else:
+                        t[s.roots] = (block @ t[s.leaves].transpose(1, 0, 2)).transpose(1, 0, 2)
+                else:
+                    terms = ws[..., None] * t[s.edge_leaf]
+                    t[s.roots] = np.add.reduceat(terms, s.root_starts, axis=0)
+        return t[self.target_nodes]
+
+    def reverse(self, part: np.ndarray, cotangents: np.ndarray) -> np.ndarray:
+        """Adjoints of the sources for ``cotangents`` at the targets (shapes as in
+        :meth:`forward`, the other way round)."""
+        a = np.zeros((self.count + 1,) + cotangents.shape[1:])
+        np.add.at(a, self.target_nodes, cotangents)
+        a[self.count] = 0.0
+        w = self.weights(part)
+        with np.errstate(all="ignore"):
+            for s in reversed(self.steps):
+                ws = w[s.lo: s.hi]
+                if s.dense:
+                    block = self._block(s, ws)
+                    if ws.ndim == 1:
+                        a[s.leaves] += block.T @ a[s.roots]
+                    else:
+                        a[s.leaves] += (block.transpose(0, 2, 1) @ a[s.roots].transpose(
+                            1, 0, 2)).transpose(1, 0, 2)
+                else:
+                    terms = (ws[..., None] * a[s.roots][s.edge_root])[s.by_leaf]
+                    a[s.leaf_runs] += np.add.reduceat(terms, s.leaf_starts, axis=0)
+        a[self.count] = 0.0
+        return a[self.source_nodes]
