@@ -916,17 +916,53 @@ class _Condensed:
         internal = np.zeros(size, bool)
         internal[cons[tree]] = True
         internal &= gone
-        inner = np.flatnonzero(internal)
-        outer = np.flatnonzero(gone & ~internal)
-        k = inner.size
-        slot_of = np.full(size, k, np.int64)  # index into the path products; k holds 1.0
-        slot_of[inner] = np.arange(k)
-        slot_of[outer] = np.arange(k + 1, k + 1 + outer.size)
-        self.inner_part = link_part[inner]
-        self.rounds = _graph.jump_rounds(slot_of[child_of[inner]])
-        self.outer_part = link_part[outer]
-        self.outer_parent = slot_of[child_of[outer]]
-        self.n_paths = k + 1 + outer.size
+        # links whose partial is a constant (the reader's op reads nothing: + - neg) are
+        # multiplied out here; only the others (variable) are jumped over on each call
+        link_slot = np.zeros(size, np.int64)
+        link_slot[opnd[tree]] = part[tree] // m
+        const = np.zeros(size)
+        is_const = np.zeros(size, bool)
+        reader_op = plan.op[np.maximum(child_of, 0)]
+        for code in np.unique(reader_op[gone]).tolist():
+            rule = OPS[int(code)]
+            if set(rule.reads) & set("xyo"):
+                continue
+            vals = np.array(rule.scalar_partials(0.0, 0.0, 0.0), float)
+            at = gone & (reader_op == code)
+            const[at] = vals[link_slot[at]]
+            is_const[at] = True
+        var = np.flatnonzero(gone & ~is_const)
+        k = var.size
+        var_id = np.full(size, k, np.int64)      # index into the path products; k holds 1.0
+        var_id[var] = np.arange(k)
+        # each eliminated row: the first variable row up from it (itself included), or the
+        # root, and the product of the constant links on the way (``gain``)
+        up_const = np.where(gone & is_const, child_of, -1)
+        up_const[up_const >= 0] = np.where(is_const[up_const[up_const >= 0]] &
+                                           gone[up_const[up_const >= 0]],
+                                           up_const[up_const >= 0], -1)
+        cells = np.flatnonzero(gone & is_const)
+        cell_id = np.full(size + 1, cells.size, np.int64)
+        cell_id[cells] = np.arange(cells.size)
+        gain = np.append(const[cells], 1.0)
+        for nodes, jump in _graph.jump_rounds(cell_id[np.where(up_const[cells] >= 0,
+                                                                up_const[cells], size)]):
+            gain[nodes] *= gain[jump]
+        top = np.arange(size)
+        top[cells] = np.where(up_const[cells] >= 0, up_const[cells], cells)
+        top = _graph.forest_roots(top)
+        anchor = np.full(size, k, np.int64)
+        anchor[var] = var_id[var]
+        above = child_of[top[cells]]             # a variable eliminated row, or a root
+        anchor[cells] = np.where(above >= 0, var_id[np.maximum(above, 0)], k)
+        factor = np.ones(size)
+        factor[cells] = gain[:-1]
+        up = child_of[var]
+        up_gone = gone[np.maximum(up, 0)] & (up >= 0)
+        self.var_part = link_part[var]
+        self.var_gain = np.where(up_gone, factor[np.maximum(up, 0)], 1.0)
+        self.rounds = _graph.jump_rounds(np.where(up_gone, anchor[np.maximum(up, 0)], k))
+        self.n_var = k
         parent = np.arange(size)
         parent[opnd[tree]] = cons[tree]
         root = _graph.forest_roots(parent)
@@ -941,11 +977,13 @@ class _Condensed:
         edge = ~tree
         head = node_id[root[cons[edge]]]
         tail = node_id[opnd[edge]]
-        w_path, w_part = slot_of[cons[edge]], part[edge]
+        c = cons[edge]
+        w_path, w_part, w_gain = np.where(gone[c], anchor[c], k), part[edge], factor[c]
         level = _graph.dag_levels(tail, head, plan.level[nodes], count)
         order = np.lexsort((tail, head, level[head]))
         head, tail = head[order], tail[order]
         self.w_path, self.w_part = w_path[order], w_part[order]
+        self.w_gain = w_gain[order] if (w_gain != 1.0).any() else None
         self.steps: list[_CondensedStep] = []
         cuts = np.flatnonzero(np.diff(level[head])) + 1
         for lo, hi in zip([0] + cuts.tolist(), cuts.tolist() + [head.size]):
@@ -966,14 +1004,18 @@ class _Condensed:
 
     def weights(self, part: np.ndarray) -> np.ndarray:
         """Weight of every condensed edge: the partials' product along its path."""
-        paths = np.empty((self.n_paths,) + part.shape[1:])
-        k = self.inner_part.size
-        paths[:k] = part[self.inner_part]
+        k = self.n_var
+        paths = np.empty((k + 1,) + part.shape[1:])
+        paths[:k] = part[self.var_part]
+        if k:
+            paths[:k] *= _column(self.var_gain, paths[:k])
         paths[k] = 1.0
         for nodes, jump in self.rounds:
             paths[nodes] *= paths[jump]
-        paths[k + 1:] = part[self.outer_part] * paths[self.outer_parent]
-        return paths[self.w_path] * part[self.w_part]
+        w = paths[self.w_path] * part[self.w_part]
+        if self.w_gain is not None:
+            w *= _column(self.w_gain, w)
+        return w
 
     @staticmethod
     def _block(step: _CondensedStep, w: np.ndarray) -> np.ndarray:
