@@ -780,6 +780,10 @@ class Directional:
     descending ones for adjoints, ``np.add.at`` as in :meth:`Backward.run`. Tangents
     and adjoints carry a trailing axis of directions after the value array's shape:
     ``(size, K)`` for one sample, ``(size, B, K)`` for a batch.
+
+    :meth:`forward` and :meth:`reverse` sweep every row, level by level (and take an
+    anomaly ``check``); :attr:`condensed` does the same sweeps over the graph with
+    single-reader rows eliminated, on arrays over its few nodes only.
     """
 
     def __init__(self, backward: Backward, sources: np.ndarray, targets: np.ndarray) -> None:
@@ -876,7 +880,9 @@ class _Condensed:
     tangent on to that reader only, so its reader's *root* (follow single readers up
     to a row that is read more often, or a target) sees each of the row's own operands
     through the product of the local partials on the path. Those products are found
-    by pointer jumping (``log2`` of the deepest path rounds, whatever the ops); the
+    once where the links' partials are constants (the reader's op reads nothing:
+    ``+ - neg``) and by pointer jumping over the other links on each call (``log2``
+    of the deepest such path rounds, whatever the ops); the
     tangents then travel only over the roots, the live sources and the edges from
     them to the roots (weight: path product times the edge's partial), one step per
     level of that condensed graph: a dense block product where the step's edges fill

@@ -399,7 +399,9 @@ def chained_program(seed: int, n_in: int = 6):
         for _ in range(3):
             acc = s[0] * float(rng.normal())
             for _ in range(int(rng.integers(20, 60))):
-                acc = acc + s[int(rng.integers(len(s)))] * float(rng.normal())
+                term = s[int(rng.integers(len(s)))] * float(rng.normal())
+                pick = rng.integers(4)                  # + - and neg links: gains +-1
+                acc = acc - term if pick == 0 else -(acc + term) if pick == 1 else acc + term
             outs.append(acc.tanh() + xs[0] * xs[1])
         h = xs[2]
         for _ in range(int(rng.integers(30, 80))):         # a recurrence
