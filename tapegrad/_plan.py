@@ -851,6 +851,22 @@ class Directional:
 
 
 _DENSE_FILL = 0.125     # a condensed step multiplies a dense block when this full or more
+_BLAS_ONE_THREAD = 1 << 18   # multiply-adds per matrix product kept below OpenBLAS's
+                             # threading threshold: its threads stall on a busy core
+
+
+def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` (stacked), in row blocks of ``a`` small enough for one BLAS thread:
+    about as fast on an idle machine, and 5-20x faster when another process holds a
+    core (measured: 0.16 ms against 0.8-2.9 ms for 100 x 200 x 100)."""
+    r, inner = a.shape[-2:]
+    step = max(1, _BLAS_ONE_THREAD // max(1, inner * b.shape[-1]))
+    if step >= r:
+        return a @ b
+    out = np.empty(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (r, b.shape[-1]))
+    for i in range(0, r, step):
+        np.matmul(a[..., i: i + step, :], b, out=out[..., i: i + step, :])
+    return out
 
 
 @dataclass
@@ -1049,9 +1065,10 @@ class _Condensed:
                 if s.dense:
                     block = self._block(s, ws)
                     if ws.ndim == 1:
-                        t[s.roots] = block @ t[s.leaves]
+                        t[s.roots] = _product(block, t[s.leaves])
                     else:
-                        t[s.roots] = (block @ t[s.leaves].transpose(1, 0, 2)).transpose(1, 0, 2)
+                        t[s.roots] = _product(block, t[s.leaves].transpose(1, 0, 2)
+                                              ).transpose(1, 0, 2)
                 else:
                     terms = ws[..., None] * t[s.edge_leaf]
                     t[s.roots] = np.add.reduceat(terms, s.root_starts, axis=0)
@@ -1070,9 +1087,9 @@ class _Condensed:
                 if s.dense:
                     block = self._block(s, ws)
                     if ws.ndim == 1:
-                        a[s.leaves] += block.T @ a[s.roots]
+                        a[s.leaves] += _product(block.T, a[s.roots])
                     else:
-                        a[s.leaves] += (block.transpose(0, 2, 1) @ a[s.roots].transpose(
+                        a[s.leaves] += _product(block.transpose(0, 2, 1), a[s.roots].transpose(
                             1, 0, 2)).transpose(1, 0, 2)
                 else:
                     terms = (ws[..., None] * a[s.roots][s.edge_root])[s.by_leaf]
