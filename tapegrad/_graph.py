@@ -350,3 +350,35 @@ def colour_columns(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -
         taken[used] = True
         colour[j] = int(np.argmin(taken))
     return colour
+
+
+def jump_rounds(parent: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The rounds of pointer jumping over a forest given by ``parent`` (``parent[i]``
+    in ``0..k-1``, or ``k`` at a root's child: a terminal node), as ``(nodes, jump)``
+    index pairs: after ``w[nodes] *= w[jump]`` for every round in turn (``w[k] == 1``),
+    ``w[i]`` is the product of the weights on the path from ``i`` to the terminal.
+    ``log2`` of the depth rounds; each lists only the nodes not yet done."""
+    k = parent.size
+    jump = np.append(np.asarray(parent, np.int64), k)
+    out = []
+    nodes = np.flatnonzero(jump[:k] != k)
+    while nodes.size:
+        out.append((nodes, jump[nodes]))
+        jump[nodes] = jump[jump[nodes]]          # both sides read the last round's jump
+        nodes = nodes[jump[nodes] != k]
+    return out
+
+
+def dag_levels(tail: np.ndarray, head: np.ndarray, key: np.ndarray, n: int) -> np.ndarray:
+    """Longest-path level of each of ``n`` nodes over edges ``tail -> head``: 0 for a
+    node without incoming edges, else 1 + the highest level of its tails. ``key`` is a
+    topological key (every tail's key below its head's); heads are done one key group
+    at a time, lowest first."""
+    level = np.zeros(n, np.int64)
+    if tail.size == 0:
+        return level
+    order, starts = level_groups(key[head], descending=False)
+    for a, b in zip(starts[:-1].tolist(), starts[1:].tolist()):
+        e = order[a:b]
+        np.maximum.at(level, head[e], level[tail[e]] + 1)
+    return level

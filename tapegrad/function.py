@@ -408,11 +408,24 @@ class Function:
         kstep = max(1, min(k_total, _CHUNK_BYTES // per))
         bstep = max(1, _CHUNK_BYTES // (per * (kstep + 3)))
         check = self._anomaly_check(sw, reverse) if _context.anomaly.depth else None
+        if check is None:               # the condensed sweep: arrays over its nodes only
+            cd = sw.condensed
+            per = 8 * max(cd.count + 1, 1)
+            kstep = max(1, min(k_total, _CHUNK_BYTES // per))
+            bstep = max(1, _CHUNK_BYTES // (8 * self._plan.size * 4 + per * kstep))
         for b0 in range(0, n_samples, bstep):
             values = self._values(batch[b0: b0 + bstep])
             self._run(values)
             part = sw.partials(values)
             one = values.ndim == 1
+            if check is None:
+                for k0 in range(0, k_total, kstep):
+                    s = seeds[b0: b0 + bstep, :, k0: k0 + kstep]
+                    seed = s[0] if one else s.transpose(1, 0, 2)
+                    res = (cd.reverse if reverse else cd.forward)(part, seed)
+                    out[b0: b0 + bstep, :, k0: k0 + kstep] = res[None] if one else \
+                        res.transpose(1, 0, 2)
+                continue
             for k0 in range(0, k_total, kstep):
                 s = seeds[b0: b0 + bstep, :, k0: k0 + kstep]
                 arr = np.zeros(values.shape + (s.shape[2],))
@@ -617,7 +630,9 @@ class Function:
         fn, pos, embed = self._gradient_program()
         leaves = np.repeat(self._leaf_values()[None, :], batch.shape[0], axis=0)
         leaves[:, pos] = batch
-        return fn.directional(leaves, np.einsum("li,bik->blk", embed, seeds), False)
+        lifted = np.zeros((batch.shape[0], embed.shape[0], seeds.shape[2]))
+        lifted[:, pos] = seeds                 # the inputs' tangents; other leaves 0
+        return fn.directional(leaves, lifted, False)
 
     def hessian(self, x: object, sparse: bool = False) -> Any:
         """Hessian of the output w.r.t. the inputs, per sample (one output only).
