@@ -44,7 +44,9 @@ SMOOTH = {
 
 
 def test_every_differentiable_op_is_covered():
-    names = {op.name for op in OPS if op.partials is not None}
+    # the built-in table (other tests add defop ops after it)
+    builtin = OPS[: tapegrad.ops.HEAVISIDE.code + 1]
+    names = {op.name for op in builtin if op.partials is not None}
     assert names <= {k.split("_imm")[0].replace("rpow", "pow") for k in SMOOTH}
 
 

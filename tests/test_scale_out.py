@@ -153,7 +153,9 @@ def test_dask_on_a_process_cluster_equals_the_in_memory_evaluation(f, X, client)
     with distributed.get_task_stream(client) as ts:
         y_, v_, g_ = dask.compute(y, v, g)
     workers = {t["worker"] for t in ts.data if "tapegrad-call" in str(t["key"])}
-    assert len(workers) == 2                                # ran in both worker processes
+    # ran in the worker processes (which of the two takes which block is the scheduler's
+    # choice: under load one worker may take them all)
+    assert workers and workers <= set(client.scheduler_info()["workers"])
     assert np.array_equal(y_, f(X))
     V, G = f.value_and_grad(X)
     assert np.array_equal(v_, V) and np.array_equal(g_, G)
