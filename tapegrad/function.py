@@ -232,12 +232,33 @@ class Function:
         return values
 
     def _leaf_values(self) -> np.ndarray:
-        """Current values of the plan's leaves (mirrors of other tapes' leaves refreshed)."""
+        """Current values of the plan's leaves: mirrors of other tapes' leaves read from
+        those leaves' ``.data`` (as backward() does), except at inputs, which every
+        caller overwrites with the batch (their entries are stale)."""
         plan = self._plan
-        rows = self._tape.rows_object()
-        if rows.has_links():
-            rows.refresh_links()               # as backward() does before it reads them
-        return self._tape.values[plan.rows[plan.leaves]]
+        out = self._tape.values[plan.rows[plan.leaves]]
+        mirrors = self._mirrors()
+        if mirrors[0]:
+            out[mirrors[0]] = [leaf.data for leaf in mirrors[1]]
+        return out
+
+    def _mirrors(self) -> tuple[list[int], list[Value]]:
+        """(positions in the plan's leaves, leaf Values) of the mirror rows of other
+        tapes' leaves that are not inputs (found once per compile)."""
+        found = getattr(self, "_mirror_leaves", None)
+        if found is None or found[0] is not self._plan:
+            plan = self._plan
+            rows = self._tape.rows_object()
+            at, leaves = [], []
+            if rows.has_links():
+                links = dict(rows.links())
+                inputs = set(self._in_rows.tolist())
+                for k, r in enumerate(plan.rows[plan.leaves].tolist()):
+                    if r in links and r not in inputs:
+                        at.append(k)
+                        leaves.append(links[r])
+            found = self._mirror_leaves = (plan, (at, leaves))
+        return found[1]
 
     def _chunks(self, batch: np.ndarray):
         step = max(1, _CHUNK_BYTES // (8 * self._plan.size * 3))

@@ -383,3 +383,22 @@ def test_forward_of_an_empty_tape_does_nothing():
     t.reset()
     t.forward()
     assert len(t) == 0
+
+
+def test_function_reads_linked_leaves_that_are_not_inputs():
+    """Mirrors of other tapes' leaves: non-inputs follow their leaf's current .data on
+    every call (no refresh of the whole tape's links), inputs come from the batch."""
+    import tapegrad
+    with tapegrad.Tape("home"):
+        w = tapegrad.Value(2.0)
+        b = tapegrad.Value(0.5)
+    with tapegrad.Tape("use"):
+        x = tapegrad.Value(1.0)
+        out = w * x + b
+    f = tapegrad.Function(inputs=[x, b], outputs=out)
+    assert f([3.0, 1.0])[0] == 7.0
+    w.data = -1.0
+    b.data = 100.0                       # an input: the batch wins
+    assert f([3.0, 1.0])[0] == -2.0
+    value, grad = f.value_and_grad([3.0, 1.0])
+    assert value == -2.0 and grad.tolist() == [-1.0, 1.0]
