@@ -451,6 +451,22 @@ def operand_rows(t: Rows, values: list) -> tuple[list[int], list[int]] | None:
     return rows, levels
 
 
+def as_immediate(x: Any) -> Any:
+    """``x`` as the float an inlined recorder stores for it (exact ints become floats),
+    anything else unchanged (the bulk recorders then leave it to the scalar path)."""
+    if type(x) is int and -_EXACT <= x <= _EXACT:
+        return float(x)
+    return x
+
+
+def _chain_levels(start_lv: Any, term_lv: np.ndarray) -> np.ndarray:
+    """Levels of the running sums ``acc_k = acc_{k-1} + term_k`` (last axis), with
+    ``acc_{-1}`` at ``start_lv``: ``1 + max(acc_{k-1}, term_k)``, in closed form."""
+    k = np.arange(term_lv.shape[-1])
+    start = np.asarray(start_lv)[..., None] if np.ndim(start_lv) else start_lv
+    return k + 1 + np.maximum(start, np.maximum.accumulate(term_lv - k, axis=-1))
+
+
 def bulk_target() -> Rows | None:
     """The tape a bulk recorder writes to, the current one, or None if the scalar path
     must record: under :class:`detect_anomaly`, which checks every row as it is made.
@@ -519,7 +535,7 @@ class _DotLayout:
         self.a0, self.rel0 = a0.ravel(), rel0.ravel().astype(bool)
         self.a1, self.rel1 = a1.ravel(), rel1.ravel().astype(bool)
         self.out = (base[:, 0] + stride - 1) if act is not None else add_row[:, -1]
-        self.w_lv, self.s_lv, self.k = w_lv, s_lv, k
+        self.w_lv, self.s_lv = w_lv, s_lv
         self.act = act
         self.x_imm = x_imm
         self._levels: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
@@ -529,11 +545,9 @@ class _DotLayout:
         key = tuple(x_lv)
         found = self._levels.get(key)
         if found is None:
-            g_n, k = self.w_lv.shape[0], self.k
-            # a product is 1 + max(its operands); acc_k = 1 + max(acc_{k-1}, p_k)
-            p_lv = np.maximum(self.w_lv, np.array(x_lv, np.int64)) + 1
-            acc_lv = k + 1 + np.maximum(self.s_lv[:, None],
-                                        np.maximum.accumulate(p_lv - k, axis=1))
+            g_n = self.w_lv.shape[0]
+            p_lv = np.maximum(self.w_lv, np.array(x_lv, np.int64)) + 1    # products
+            acc_lv = _chain_levels(self.s_lv, p_lv)
             level = np.empty((g_n, self.stride), np.int64)
             level[:, self.mul] = p_lv
             level[:, self.add] = acc_lv
@@ -641,9 +655,8 @@ def record_sum(t: Rows, terms: list, start: Any) -> Any:
         s_row, s_val, s_lv = rows[0], vals[rows[0]], lv[0]
         rows, lv = rows[1:], lv[1:]
     acc = np.add.accumulate(np.concatenate(([s_val], vals[rows])))[1:]
-    k = np.arange(n)
-    level = k + 1 + np.maximum(s_lv, np.maximum.accumulate(lv - k))
-    own = first + k
+    level = _chain_levels(s_lv, lv)
+    own = first + np.arange(n)
     a0 = np.empty(n, np.int64)
     a1 = np.empty(n, np.int64)
     c = np.zeros(n)

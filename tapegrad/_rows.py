@@ -322,8 +322,7 @@ class Rows:
         Room may come from a compaction, which moves rows: read operand rows from their
         Values after this call, not before."""
         self.flush()
-        self.make_room(n)
-        self.flush()
+        self.make_room(n)         # stages nothing: the columns stay complete
         return self.count
 
     def write_rows(self, op: np.ndarray, a0: np.ndarray, a1: np.ndarray, c: np.ndarray,

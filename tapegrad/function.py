@@ -568,11 +568,7 @@ class Function:
         GuardError
             If a recorded comparison comes out differently for some sample.
         """
-        self._compile()
-        batch, one = self._batch(x)
-        tangents = self._like(v, self.n_inputs, batch.shape[0], one, "v (tangents)")
-        out = self.directional(batch, tangents[:, :, None], False)[:, :, 0]
-        return out[0] if one else out
+        return self._one_direction(x, v, self.n_inputs, "v (tangents)", reverse=False)
 
     def vjp(self, x: object, u: object) -> np.ndarray:
         """Vector-Jacobian product ``u @ J(x)`` per sample (reverse mode, one sweep).
@@ -596,10 +592,15 @@ class Function:
         GuardError
             If a recorded comparison comes out differently for some sample.
         """
+        return self._one_direction(x, u, self.n_outputs, "u (cotangents)", reverse=True)
+
+    def _one_direction(self, x: object, seed: object, size: int, what: str,
+                       reverse: bool) -> np.ndarray:
+        """:meth:`jvp` / :meth:`vjp`: one direction ``seed`` of ``size`` per sample."""
         self._compile()
         batch, one = self._batch(x)
-        cot = self._like(u, self.n_outputs, batch.shape[0], one, "u (cotangents)")
-        out = self.directional(batch, cot[:, :, None], True)[:, :, 0]
+        seeds = self._like(seed, size, batch.shape[0], one, what)
+        out = self.directional(batch, seeds[:, :, None], reverse)[:, :, 0]
         return out[0] if one else out
 
     def _one_output(self, what: str) -> None:

@@ -98,12 +98,13 @@ def dot(ws: Sequence[Any], xs: Sequence[Any], start: Any = 0.0) -> Any:
     if len(ws) != len(xs):
         raise ValueError(f"dot needs sequences of equal length, got {len(ws)} and {len(xs)}")
     if len(ws) >= _BULK_DOT_MIN:
-        start = _as_start(start)
+        start = _record.as_immediate(start)
         t = _record.bulk_target()
         if t is not None and type(start) in (float, Value):
             # w * x records (w, x); number * x records (x, number), as x.__rmul__ does
             values, numbers = (ws, xs) if type(ws[0]) is Value else (xs, ws)
-            out, _ = _record.record_dots(t, [values], _as_floats(numbers), [start], None)
+            immediates = [_record.as_immediate(v) for v in numbers]
+            out, _ = _record.record_dots(t, [values], immediates, [start], None)
             if out is not None:
                 return out[0]
     return builtins.sum(map(operator.mul, ws, xs), start)
@@ -135,7 +136,7 @@ def sum(values: Iterable[Any], start: Any = 0) -> Any:  # noqa: A001 - tapegrad.
     """
     values = list(values)
     if len(values) >= _BULK_SUM_MIN:
-        first = _as_start(start)
+        first = _record.as_immediate(start)
         t = _record.bulk_target()
         if t is not None and type(first) in (float, Value):
             out = _record.record_sum(t, values, first)
@@ -146,18 +147,6 @@ def sum(values: Iterable[Any], start: Any = 0) -> Any:  # noqa: A001 - tapegrad.
 
 _BULK_DOT_MIN = 8      # lengths from which dot() and sum() write in bulk (measured:
 _BULK_SUM_MIN = 16     # benchmarks/bench_engine.py, bulk rows)
-
-
-def _as_start(start: Any) -> Any:
-    """A float for a plain number start (as the recorders store it), else unchanged."""
-    if type(start) is int and abs(start) <= 2**53:
-        return float(start)
-    return start
-
-
-def _as_floats(numbers: list) -> list:
-    """``numbers`` with exact ints as floats (the immediates the loop would store)."""
-    return [float(v) if type(v) is int and abs(v) <= 2**53 else v for v in numbers]
 
 
 def heaviside(x: Any, at_zero: Any = 0.5) -> Any:

@@ -414,7 +414,7 @@ class Layer(_Scoped):
         if t is None:
             return None
         if type(x[0]) is not Value:
-            x = [float(v) if type(v) is int and abs(v) <= 2**53 else v for v in x]
+            x = [_record.as_immediate(v) for v in x]
         act = _ACT_OPS[kinds[0][1]]
         out, first = _record.record_dots(t, [n.w for n in ns], list(x), [n.b for n in ns],
                                          act, self._rows_memo)
