@@ -8,6 +8,7 @@ default tapes.
 
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -28,23 +29,55 @@ def set_default_factory(factory: Callable[[str], Any]) -> None:
     _default_factory = factory
 
 
+class _DefaultTape:
+    """Holds a thread's default tape; when the thread ends and its state is freed,
+    tells the tape it is no longer current there (thread idents are reused)."""
+
+    def __init__(self, tape: Any) -> None:
+        self.tape = tape
+        self.tid = threading.get_ident()
+
+    def __del__(self, _finalizing: Callable[[], bool] = sys.is_finalizing) -> None:
+        if not _finalizing():              # (at exit, modules are being torn down)
+            self.tape.rows_object().forget_thread(self.tid)
+
+
 class _ThreadState(threading.local):
     def __init__(self) -> None:
         self.stack: list[Any] = []      # entered Tapes, outermost first
         self.scope = ""                 # the open scope path
-        self._default = None
+        self._default: _DefaultTape | None = None
 
     @property
     def default(self) -> Any:
         if self._default is None:
             thread = threading.current_thread()
             name = "default" if thread is threading.main_thread() else f"default[{thread.name}]"
-            self._default = _default_factory(name)
-            self._default.rows_object().enter_thread()
-        return self._default
+            tape = _default_factory(name)
+            tape.rows_object().enter_thread()
+            self._default = _DefaultTape(tape)
+        return self._default.tape
 
 
 state = _ThreadState()
+
+
+class _NoRows:
+    """Stands in for :data:`leaf_rows` when no tape is current in exactly one thread."""
+
+    count = limit = cur_tid = 0
+
+
+leaf_rows: Any = _NoRows()
+"""The rows ``Value(x)`` records leaves on without asking :data:`state`, while they
+are the current tape's in exactly one thread (``leaf_rows.cur_tid``, its ident): set
+and cleared by :class:`tapegrad._rows.Rows` as threads enter and leave tapes."""
+
+
+def set_leaf_rows(rows: Any) -> None:
+    """Make ``rows`` the :data:`leaf_rows` (``None``: forget them)."""
+    global leaf_rows
+    leaf_rows = _NoRows() if rows is None else rows
 
 
 def current_tape() -> Any:

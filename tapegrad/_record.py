@@ -425,6 +425,8 @@ def record_custom(v: Any, x: float, children: tuple, symbol: str, label: str) ->
 def record_leaf(v: Any, x: float, label: str) -> None:
     """Make ``v`` a new leaf with value ``x`` on the current tape."""
     t = _context.current_rows()
+    if t.cur_tid == get_ident():
+        _context.set_leaf_rows(t)         # (they had been another thread's)
     r = t.append(LEAF.code, -1, -1, 0.0, x, 0)
     if label:
         t.set_label(r, label)

@@ -157,6 +157,8 @@ class Rows:
         """Free the buffers; later use of this tape's old Values raises ResetTapeError."""
         _context.count_flushed(self.count - self._flushed)
         _context.all_rows.discard(self)
+        if _context.leaf_rows is self:
+            _context.set_leaf_rows(None)
         for slot in Rows.__slots__:
             if slot not in ("name", "owner", "__weakref__"):
                 object.__delattr__(self, slot)
@@ -216,11 +218,20 @@ class Rows:
             self._threads.pop(tid, None)
         self._set_tid()
 
+    def forget_thread(self, tid: int) -> None:
+        """Thread ``tid`` ended: these rows are current there no more."""
+        if self._threads.pop(tid, None) is not None:
+            self._set_tid()
+
     def _set_tid(self) -> None:
         # the inlined recorders test ``_cur_tid == get_ident()`` before recording an op
         # on leaves only; 0 (nowhere) and -1 (several threads) send them the slow way
         keys = list(self._threads)
         self.cur_tid = keys[0] if len(keys) == 1 else (-1 if keys else 0)
+        if self.cur_tid > 0:
+            _context.set_leaf_rows(self)
+        elif _context.leaf_rows is self:
+            _context.set_leaf_rows(None)
 
     def threads_from(self, old: Rows) -> None:
         """Take over where ``old`` (the rows this tape had before a reset) was current."""

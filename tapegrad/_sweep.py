@@ -36,6 +36,7 @@ from .ops import OPS
 __all__ = ["Timing", "Columns", "backward", "SMALL_ROWS"]
 
 SMALL_ROWS = 1000    # graphs of up to this many rows are swept row by row in Python
+_SKIP_SLACK = 64     # ... while the rows it skips stay within 64 + 2 per row swept
 _PLANS_KEPT = 2      # backward schedules kept per tape (by root)
 
 
@@ -95,7 +96,7 @@ def backward(t: Rows, root: int, anomaly: bool = False,
     return _vectorized(t, root, anomaly, timing)
 
 
-def _small(t: Rows, root: int, limit: int, anomaly: bool) -> int:
+def _small(t: Rows, root: int, limit: int, anomaly: bool, slack: int = _SKIP_SLACK) -> int:
     """Backward of a small graph row by row with the ops' scalar partials.
 
     Rows are visited from the root downwards; a row takes part when it has received
@@ -104,26 +105,28 @@ def _small(t: Rows, root: int, limit: int, anomaly: bool) -> int:
     Staged rows are read where they are: no flush, no NumPy call. ``+ - * neg relu
     tanh`` have their partials written out here (``tests/test_record.py`` checks them
     against the op table); the other ops call their scalar rule. Returns the non-leaf
-    rows swept, or -1 (nothing written) after ``limit`` non-leaf rows or ``4 * limit``
-    rows visited."""
+    rows swept, or -1 (nothing written) once more than ``limit`` non-leaf rows are
+    swept or the rows skipped exceed ``slack`` plus two per row swept (the root's graph
+    is spread thinly over other rows: the vectorized path suits it better)."""
     stage, f, opv, a0v, a1v, cv, vv, gv = t.row_views()
     adj = {root: 1.0}
     get = adj.get
     pop = adj.pop
     inner = []
-    pending = 0 if (opv[root] if root < f else stage[(root - f) * STAGE_WIDTH]) == 0 else 1
+    w = STAGE_WIDTH
+    pending = 0 if (opv[root] if root < f else stage[(root - f) * w]) == 0 else 1
     r = root
-    stop = max(root - 4 * limit, -1)
     while pending:
-        if r <= stop or len(inner) >= limit:
-            return -1
         g = pop(r, None)
         if g is None:
+            slack -= 1
+            if slack < 0:
+                return -1
             r -= 1
             continue
         if r >= f:
-            k = (r - f) * STAGE_WIDTH
-            code, i, j, c = stage[k], stage[k + 1], stage[k + 2], stage[k + 3]
+            k = (r - f) * w
+            code, i, j, c = stage[k: k + 4]
         else:
             code, i, j, c = opv[r], a0v[r], a1v[r], cv[r]
         if code == 0:                          # a leaf inside the graph's rows
@@ -132,9 +135,24 @@ def _small(t: Rows, root: int, limit: int, anomaly: bool) -> int:
             continue
         pending -= 1
         inner.append((r, g))
-        if code == _CUSTOM:                    # the user's closure moves the gradient
-            shares = _closure_shares(t, r, i, j, g, gv)
+        if len(inner) > limit:
+            return -1
+        slack += 2
+        if code == _MUL:
+            if j >= 0:
+                d0 = vv[j] * g
+                d1 = (vv[i] if i >= 0 else c) * g
+            else:
+                d0, d1 = c * g, 0.0
+        elif code == _ADD:
+            d0 = d1 = g
         elif anomaly or code not in _INLINE:
+            if code == _CUSTOM:                # the user's closure moves the gradient
+                shares = _closure_shares(t, r, i, j, g, gv)
+                for a, share in shares:
+                    pending += _give(adj, a, share, opv, stage, f)
+                r -= 1
+                continue
             rule = _SCALAR_PARTIALS[code]
             if rule is None:                   # a guard: nothing flows through it
                 r -= 1
@@ -147,30 +165,33 @@ def _small(t: Rows, root: int, limit: int, anomaly: bool) -> int:
                 d0, d1 = OPS[code].local(x, y, vv[r])
             if anomaly:
                 _check_scalar(t, r, OPS[code], i, j, d0, d1, g)
-            shares = ((i, d0 * g), (j, d1 * g))
-        elif code == _ADD:
-            shares = ((i, g), (j, g))
-        elif code == _MUL:
-            shares = ((i, (vv[j] if j >= 0 else c) * g), (j, (vv[i] if i >= 0 else c) * g))
-        elif code == _SUB:
-            shares = ((i, g), (j, -g))
+            d0 *= g
+            d1 *= g
         elif code == _RELU:
-            shares = ((i, (1.0 if vv[r] > 0 else 0.0) * g),)   # 0 * nan stays nan
+            d0, d1 = (1.0 if vv[r] > 0 else 0.0) * g, 0.0      # 0 * nan stays nan
+        elif code == _SUB:
+            d0, d1 = g, -g
         elif code == _TANH:
             o = vv[r]
-            shares = ((i, (1.0 - o * o) * g),)
+            d0, d1 = (1.0 - o * o) * g, 0.0
         else:                                  # neg
-            shares = ((i, -g),)
-        for a, share in shares:
-            if a < 0:
-                continue
-            old = get(a)
+            d0, d1 = -g, 0.0
+        if i >= 0:
+            old = get(i)
             if old is None:
-                adj[a] = share
-                if (opv[a] if a < f else stage[(a - f) * STAGE_WIDTH]) != 0:
+                adj[i] = d0
+                if (opv[i] if i < f else stage[(i - f) * w]) != 0:
                     pending += 1               # a non-leaf row to visit later
             else:
-                adj[a] = old + share
+                adj[i] = old + d0
+        if j >= 0:
+            old = get(j)
+            if old is None:
+                adj[j] = d1
+                if (opv[j] if j < f else stage[(j - f) * w]) != 0:
+                    pending += 1
+            else:
+                adj[j] = old + d1
         r -= 1
     for r, g in inner:
         gv[r] = g
@@ -180,6 +201,17 @@ def _small(t: Rows, root: int, limit: int, anomaly: bool) -> int:
         for r, g in adj.items():
             gv[r] += g
     return len(inner)
+
+
+def _give(adj: dict, a: int, share: float, opv: memoryview, stage: list, f: int) -> int:
+    """Add ``share`` to the adjoint of row ``a``; 1 if ``a`` is a non-leaf row that
+    starts waiting for its visit, else 0."""
+    old = adj.get(a)
+    if old is not None:
+        adj[a] = old + share
+        return 0
+    adj[a] = share
+    return int((opv[a] if a < f else stage[(a - f) * STAGE_WIDTH]) != 0)
 
 
 def _closure_shares(t: Rows, r: int, i: int, j: int, g: float,
@@ -282,7 +314,7 @@ def _vectorized(t: Rows, root: int, anomaly: bool, timing: Timing | None) -> int
     cols = t.columns()
     plan, back = _schedule(t, cols, root)
     if (plan.op == _CUSTOM).any():             # user closures run row by row, in order
-        return _small(t, root, 1 << 62, anomaly)
+        return _small(t, root, 1 << 62, anomaly, 1 << 62)
     if timing is not None:
         timing.lap("interval")
     values = plan.new_values()

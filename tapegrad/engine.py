@@ -9,6 +9,7 @@ data, the gradient and the graph live on the tape.
 from __future__ import annotations
 
 import copy
+from _thread import get_ident
 from collections.abc import Callable
 
 from . import _context, _record, _sweep, ops
@@ -18,7 +19,6 @@ from .tape import Tape
 
 __all__ = ["Value"]
 
-_current_rows = _context.current_rows
 _LEAF_STAGED = (ops.LEAF.code, -1, -1, 0.0, 0)     # a leaf's staged fields (Rows.append)
 
 
@@ -71,10 +71,11 @@ class Value:
     def __init__(self, data: float, _children: tuple = (), _op: str = "",
                  label: str = "") -> None:
         if type(data) is float and not _children and type(label) is str and not label:
-            # the hot path of record_leaf (tests/test_record.py checks they agree)
-            t = _current_rows()
+            # the hot path of record_leaf (tests/test_record.py checks they agree): the
+            # current tape's rows, if they are current in this thread only
+            t = _context.leaf_rows
             r = t.count
-            if r < t.limit:
+            if r < t.limit and t.cur_tid == get_ident():
                 t.vals[r] = data
                 t.count = r + 1
                 t.stage += _LEAF_STAGED
