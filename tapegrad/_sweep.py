@@ -241,14 +241,6 @@ def _leaf_shares(t: Rows, shares: dict[int, float]) -> None:
             leaf.grad += g
 
 
-def _interval(cols: Columns, root: int) -> tuple[int, np.ndarray]:
-    """``lo`` of the root's closed interval and the leaves before it that it reads."""
-    lo = _graph.closure_start(cols.low, root)
-    a0, a1 = cols.a0[lo: root + 1], cols.a1[lo: root + 1]
-    before = np.concatenate((a0[(a0 >= 0) & (a0 < lo)], a1[(a1 >= 0) & (a1 < lo)]))
-    return lo, np.unique(before).astype(np.int64)
-
-
 def _schedule(t: Rows, cols: Columns, root: int) -> tuple[Plan, Backward]:
     """Plan and backward schedule for ``root``: over the ancestors themselves when a
     few frontier rounds find them (shallow graphs), else over the root's closed
@@ -265,8 +257,7 @@ def _schedule(t: Rows, cols: Columns, root: int) -> tuple[Plan, Backward]:
         plan = Plan.build(cols, exact, np.empty(0, np.int64), schedule=False)
         entry = (plan, Backward(plan, plan.rows.size - 1, True))
     else:
-        lo, leaves = _interval(cols, root)
-        plan = Plan.for_backward(cols, leaves, lo, root + 1)
+        plan = Plan.for_backward(cols, _graph.closure_start(cols.low, root), root + 1)
         last = t.plan(("structure",))
         if last is not None and last[0].same_structure(plan):
             entry = (plan, last[1])
@@ -275,7 +266,21 @@ def _schedule(t: Rows, cols: Columns, root: int) -> tuple[Plan, Backward]:
             entry = (plan, Backward(plan, plan.rows.size - 1, exact=None))
             t.remember(("structure",), entry, kept=1)
     t.remember(("backward", root), entry, _PLANS_KEPT)
+    _keep_pages(16 * entry[0].size)
     return entry
+
+
+def _keep_pages(nbytes: int) -> None:
+    """Let the sweeps' arrays of up to ``nbytes`` reuse memory from call to call.
+
+    glibc's malloc serves a request above its mmap threshold with fresh pages from
+    ``mmap`` and returns them on ``free``, so every sweep would page-fault its value,
+    partial and adjoint arrays anew (about 0.65 ms per MB here). The threshold starts
+    at 128 KiB and rises to the size of any such block freed (up to 32 MiB): freeing
+    one untouched block of the sweep's working size raises it, and later sweeps reuse
+    heap memory. An ``mmap``/``munmap`` pair, no page touched; other allocators ignore it.
+    """
+    np.empty(nbytes, np.uint8)
 
 
 def _vectorized(t: Rows, root: int, anomaly: bool, timing: Timing | None) -> int:
@@ -286,7 +291,13 @@ def _vectorized(t: Rows, root: int, anomaly: bool, timing: Timing | None) -> int
     if timing is not None:
         timing.lap("interval")
     values = plan.new_values()
-    values[: plan.rows.size] = cols.value[plan.rows]
+    n, k = plan.rows.size, plan.range_from
+    if k >= 0:                                 # the leaves before an interval, then it
+        lo = int(plan.rows[k]) if k < n else 0
+        values[:k] = cols.value[plan.rows[:k]]
+        values[k:n] = cols.value[lo: lo + n - k]
+    else:
+        values[:n] = cols.value[plan.rows]
     adj = back.run(values, timing, anomaly)
     if back.anomaly_found is not None:
         local, slot, partial, grad = back.anomaly_found
@@ -296,7 +307,12 @@ def _vectorized(t: Rows, root: int, anomaly: bool, timing: Timing | None) -> int
     if back.reached is not None:
         inner = inner[back.reached[inner]]
         leaves = leaves[back.reached[leaves]]
-    t.set_grads(plan.rows[inner], adj[inner])
+    at = _graph.as_slice(inner)
+    if k >= 0 and isinstance(at, slice) and at.start >= k:
+        start = int(plan.rows[at.start])       # consecutive rows of the interval: slices
+        t.set_grads(slice(start, start + at.stop - at.start), adj[at])
+    else:
+        t.set_grads(plan.rows[inner], adj[inner])
     shares = adj[leaves]
     leaf_rows = plan.rows[leaves]
     if t.has_links():
