@@ -225,14 +225,15 @@ def runs(pred: np.ndarray, min_length: int) -> list[np.ndarray]:
     (no other path member in between), of at least ``min_length`` nodes: linear time,
     no pointer jumping. Recurrences (``x = x * a + b``) and sum chains are such paths;
     paths interleaved with others come apart and are left out."""
-    has = pred >= 0
-    is_pred = np.zeros(pred.size, bool)
-    is_pred[pred[has]] = True
-    members = np.flatnonzero(has | is_pred)
+    member = np.zeros(pred.size + 1, bool)      # last slot: what -1 marks
+    member[pred] = True
+    member = member[:-1]
+    member |= pred >= 0
+    members = np.flatnonzero(member)
     if members.size < 2:
         return []
     link = np.zeros(members.size + 1, np.int8)
-    link[1:-1] = pred[members[1:]] == members[:-1]
+    np.equal(pred[members[1:]], members[:-1], out=link[1:-1])
     step = np.diff(link)
     starts = np.flatnonzero(step == 1)           # link k joins members k and k + 1
     stops = np.flatnonzero(step == -1)

@@ -588,7 +588,7 @@ class Backward:
         folded = np.zeros(size, bool)
         by_shape: dict[tuple[int, int], list[np.ndarray]] = {}
         for path in _graph.runs(pred, _FOLD_MIN):
-            folded[path] = True
+            folded[_graph.as_slice(path)] = True
             by_shape.setdefault((int(key[path[-1]]), path.size), []).append(path)
         rest = rows[~folded[in_rows]]
         by_level, starts = _graph.level_groups(key[rest])
@@ -602,14 +602,19 @@ class Backward:
         blocks, at = [], rest.size
         for paths in by_shape.values():
             out = order[at: at + len(paths) * paths[0].size].reshape(paths[0].size, len(paths))
-            np.stack([path[::-1] for path in paths], axis=1, out=out)     # top first
+            if len(paths) == 1:
+                out[:, 0] = paths[0][::-1]                              # top first
+            else:
+                np.stack([path[::-1] for path in paths], axis=1, out=out)
             blocks.append(out)
             at += out.size
         self.order = order
         self.t0 = plan.x[order]
         self.t1 = plan.y[order]
         op = plan.op[order]
-        codes = np.flatnonzero(np.bincount(op, minlength=len(OPS)))
+        present = np.zeros(256, bool)         # (a bincount would copy op to intp)
+        present[op.view(np.uint8)] = True
+        codes = np.flatnonzero(present)
         if codes.size <= 8:                  # a pass per op beats a sort of every row
             self.by_op = [(OPS[int(c)], np.flatnonzero(op == c)) for c in codes.tolist()]
         else:

@@ -266,21 +266,28 @@ def _schedule(t: Rows, cols: Columns, root: int) -> tuple[Plan, Backward]:
             entry = (plan, Backward(plan, plan.rows.size - 1, exact=None))
             t.remember(("structure",), entry, kept=1)
     t.remember(("backward", root), entry, _PLANS_KEPT)
-    _keep_pages(16 * entry[0].size)
+    if entry[0].size >= _KEEP_FROM:
+        _keep_pages()
     return entry
 
 
-def _keep_pages(nbytes: int) -> None:
-    """Let the sweeps' arrays of up to ``nbytes`` reuse memory from call to call.
+_KEEP_FROM = 1 << 15    # plans of this many local rows or more: sweeps of a MiB and more
+
+
+def _keep_pages() -> None:
+    """Let big sweeps reuse memory between calls instead of page-faulting it anew.
 
     glibc's malloc serves a request above its mmap threshold with fresh pages from
-    ``mmap`` and returns them on ``free``, so every sweep would page-fault its value,
-    partial and adjoint arrays anew (about 0.65 ms per MB here). The threshold starts
-    at 128 KiB and rises to the size of any such block freed (up to 32 MiB): freeing
-    one untouched block of the sweep's working size raises it, and later sweeps reuse
-    heap memory. An ``mmap``/``munmap`` pair, no page touched; other allocators ignore it.
+    ``mmap``, and hands heap memory above its trim threshold back to the system on
+    ``free``: every sweep would page-fault its value, partial and adjoint arrays again
+    (about 0.65 ms per MB here; a 10^6-row chain peaks near 60 MB). The thresholds start
+    at 128 KiB and rise to the size (trim: twice it) of any mmapped block freed, up to
+    32 MiB, as they do when any NumPy program frees a big array: freeing one untouched
+    block just below that raises them once and for all. One ``mmap``/``munmap`` pair,
+    no page touched (the process may keep up to 64 MiB of freed heap); other
+    allocators ignore it. Tuned to glibc; measured in ``benchmarks/bench_first.py``.
     """
-    np.empty(nbytes, np.uint8)
+    np.empty(31 << 20, np.uint8)
 
 
 def _vectorized(t: Rows, root: int, anomaly: bool, timing: Timing | None) -> int:
