@@ -229,16 +229,28 @@ def runs(pred: np.ndarray, min_length: int) -> list[np.ndarray]:
     member[pred] = True
     member = member[:-1]
     member |= pred >= 0
-    members = np.flatnonzero(member)
-    if members.size < 2:
+    count = np.count_nonzero(member)
+    if count < 2:
         return []
-    link = np.zeros(members.size + 1, np.int8)
-    np.equal(pred[members[1:]], members[:-1], out=link[1:-1])
+    link = np.zeros(count + 1, np.int8)
+    first = int(member.argmax())
+    last = member.size - 1 - int(member[::-1].argmax())
+    if last - first + 1 == count:
+        # the members are the range first..last (a recurrence): slices, no gather
+        np.equal(pred[first + 1: last + 1], np.arange(first, last, dtype=pred.dtype),
+                 out=link[1:-1])
+        members = None
+    else:
+        members = np.flatnonzero(member)
+        np.equal(pred[members[1:]], members[:-1], out=link[1:-1])
     step = np.diff(link)
     starts = np.flatnonzero(step == 1)           # link k joins members k and k + 1
     stops = np.flatnonzero(step == -1)
     long = stops - starts + 1 >= min_length
-    return [members[a: b + 1] for a, b in zip(starts[long].tolist(), stops[long].tolist())]
+    pairs = zip(starts[long].tolist(), stops[long].tolist())
+    if members is None:
+        return [np.arange(first + a, first + b + 1) for a, b in pairs]
+    return [members[a: b + 1] for a, b in pairs]
 
 
 def longest_chain(a0: np.ndarray, a1: np.ndarray, n: int) -> int:

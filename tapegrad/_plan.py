@@ -518,10 +518,11 @@ _DIFFERENTIABLE = DIFFERENTIABLE
 
 
 def _single_reader_links(plan: Plan, rows: np.ndarray, in_rows: np.ndarray | slice,
-                         fan: np.ndarray, index: type) -> tuple[np.ndarray, np.ndarray]:
+                         fan: np.ndarray, index: type) -> tuple[np.ndarray, np.ndarray | None]:
     """Each row's predecessor on a single-reader chain and the operand slot it reads it
-    through (``-1`` and 0 where none): its first operand with partials (among ``rows``,
-    ``in_rows`` = :func:`_graph.as_slice` of them) that no other slot reads (``fan`` is 1)."""
+    through (``-1`` and 0 where none; ``None`` for the slots when every link reads slot
+    0): its first operand with partials (among ``rows``, ``in_rows`` =
+    :func:`_graph.as_slice` of them) that no other slot reads (``fan`` is 1)."""
     size = plan.size
     single = np.zeros(size, bool)      # constants and the sink have no partials: False
     single[in_rows] = fan[in_rows] == 1
@@ -530,15 +531,18 @@ def _single_reader_links(plan: Plan, rows: np.ndarray, in_rows: np.ndarray | sli
     ok1 = single[p1]
     ok1 &= ~ok0                        # slot 0 first
     pred = np.full(size, -1, index)
-    pred_slot = np.zeros(size, index)
+    on_y = bool(ok1.any())
+    pred_slot = np.zeros(size, index) if on_y else None
     if isinstance(in_rows, slice):     # masked copies into views: no index arrays
         np.copyto(pred[in_rows], p0, where=ok0)
-        np.copyto(pred[in_rows], p1, where=ok1)
-        np.copyto(pred_slot[in_rows], 1, where=ok1)
+        if on_y:
+            np.copyto(pred[in_rows], p1, where=ok1)
+            np.copyto(pred_slot[in_rows], 1, where=ok1)
     else:
         pred[rows[ok0]] = p0[ok0]
-        pred[rows[ok1]] = p1[ok1]
-        pred_slot[rows[ok1]] = 1
+        if on_y:
+            pred[rows[ok1]] = p1[ok1]
+            pred_slot[rows[ok1]] = 1
     return pred, pred_slot
 
 
@@ -629,14 +633,18 @@ class Backward:
             # a block's operands are its slices of t0, t1; positions are ``at + offset``
             operands = [t[at: at + out.size].reshape(out.shape) for t in (self.t0, self.t1)]
             upper = out[:-1]
-            slots = pred_slot[upper]         # the operand slot each link reads
+            # the operand slot each link reads (None: slot 0, all of them)
+            slots = None if pred_slot is None else pred_slot[upper]
             links = np.arange(at, at + upper.size, dtype=index).reshape(upper.shape)
-            if slots.any():
+            if slots is not None and slots.any():
                 links += slots * m
             side_c, side_t, side_p = [], [], []
             for slot, operand in enumerate(operands):
                 use = operand < plan.rows.size   # not into constants or the sink
-                use[:-1] &= slots != slot
+                if slots is not None:
+                    use[:-1] &= slots != slot
+                elif slot == 0:
+                    use[:-1] = False
                 side_c.append(out[use])
                 side_t.append(operand[use])
                 side_p.append((slot * m + at + np.flatnonzero(use)).astype(index))

@@ -208,15 +208,16 @@ def test_int32_reader_counts_equal_bincount():
 
 def test_runs_are_the_consecutive_chains():
     rng = np.random.default_rng(5)
-    for _ in range(50):
-        k = 60
+    for trial in range(300):
+        k = int(rng.integers(1, 60))
         pred = np.full(k, -1, np.int32)
-        free = list(range(k))
+        free = set(range(k))
         for i in range(1, k):                 # every node at most one successor
-            p = int(rng.integers(0, i))
-            if rng.random() < 0.7 and p in free:
+            recurrence = trial % 2 and rng.random() < 0.9     # members often a range
+            p = i - 1 if recurrence else int(rng.integers(0, i))
+            if rng.random() < 0.8 and p in free:
                 pred[i] = p
-                free.remove(p)
+                free.discard(p)
         got = [r.tolist() for r in _graph.runs(pred, 2)]
         members = np.flatnonzero((pred >= 0) | np.isin(np.arange(k), pred[pred >= 0]))
         want, cur = [], []
