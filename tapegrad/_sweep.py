@@ -257,7 +257,10 @@ def _schedule(t: Rows, cols: Columns, root: int) -> tuple[Plan, Backward]:
         plan = Plan.build(cols, exact, np.empty(0, np.int64), schedule=False)
         entry = (plan, Backward(plan, plan.rows.size - 1, True))
     else:
-        plan = Plan.for_backward(cols, _graph.closure_start(cols.low, root), root + 1)
+        lo = _graph.closure_start(cols.low, root)
+        if root + 1 - lo >= _KEEP_FROM:          # before the build: its temporaries reuse
+            _keep_pages()                        # each other's pages too
+        plan = Plan.for_backward(cols, lo, root + 1)
         last = t.plan(("structure",))
         if last is not None and last[0].same_structure(plan):
             entry = (plan, last[1])
@@ -266,7 +269,7 @@ def _schedule(t: Rows, cols: Columns, root: int) -> tuple[Plan, Backward]:
             entry = (plan, Backward(plan, plan.rows.size - 1, exact=None))
             t.remember(("structure",), entry, kept=1)
     t.remember(("backward", root), entry, _PLANS_KEPT)
-    if entry[0].size >= _KEEP_FROM:
+    if exact is not None and entry[0].size >= _KEEP_FROM:
         _keep_pages()
     return entry
 
