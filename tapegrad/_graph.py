@@ -14,9 +14,21 @@ _FIRST_BLOCK = 4096       # rows examined first when looking for a closed interv
 BFS_ROUNDS = 64           # frontier rounds ancestors_bfs tries before giving up
 
 
+# NumPy 1.25 gave ``ufunc.at`` a fast path: adding into int32 counts in place then beats
+# ``np.bincount`` (which copies its input to intp and returns int64 counts) about 2x
+_FAST_AT = np.lib.NumpyVersion(np.__version__) >= "1.25.0"
+
+
 def consumers(a0: np.ndarray, a1: np.ndarray, n: int, nonnegative: bool = False) -> np.ndarray:
     """How many operand slots read each of the rows ``0..n-1`` (negative slots ignored;
-    ``nonnegative``: the caller knows there are none, which saves two passes)."""
+    ``nonnegative``: the caller knows there are none and that all are below ``n``,
+    which saves passes; the counts are then int32 where they fit)."""
+    if nonnegative and _FAST_AT and np.size(a0) + np.size(a1) < 2**31:
+        counts = np.zeros(n, np.int32)
+        one = np.int32(1)
+        for args in (a0, a1):
+            np.add.at(counts, args, one)
+        return counts
     counts = None
     for args in (a0, a1):
         args = np.asarray(args)
@@ -26,6 +38,14 @@ def consumers(a0: np.ndarray, a1: np.ndarray, n: int, nonnegative: bool = False)
         else:
             counts += found
     return counts
+
+
+def as_slice(idx: np.ndarray) -> np.ndarray | slice:
+    """``idx`` (ascending, distinct) as a slice when it is a range of consecutive rows
+    (the rows of an interval plan): indexing by it then gives views, no gather."""
+    if idx.size and int(idx[-1]) - int(idx[0]) + 1 == idx.size:
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return idx
 
 
 def ancestors(a0: np.ndarray, a1: np.ndarray, level: np.ndarray,
@@ -52,6 +72,18 @@ def ancestors(a0: np.ndarray, a1: np.ndarray, level: np.ndarray,
     return mark[:n]
 
 
+def unique(a: np.ndarray) -> np.ndarray:
+    """``np.unique(a)`` of a 1-D integer array by a sort: NumPy 2's ``np.unique`` imports
+    ``numpy.ma`` on its first call (15-20 ms, paid by the first backward of a process)."""
+    a = np.sort(a)
+    if a.size < 2:
+        return a
+    keep = np.empty(a.size, bool)
+    keep[0] = True
+    np.not_equal(a[1:], a[:-1], out=keep[1:])
+    return a[keep]
+
+
 def ancestors_bfs(a0: np.ndarray, a1: np.ndarray, root: int,
                   rounds: int = BFS_ROUNDS) -> np.ndarray | None:
     """Ancestor rows of ``root`` (ascending, itself included), found by frontier
@@ -67,7 +99,7 @@ def ancestors_bfs(a0: np.ndarray, a1: np.ndarray, root: int,
         ops = ops[~seen[ops]]
         if ops.size == 0:
             return np.sort(np.concatenate(visited))
-        ops = np.unique(ops)
+        ops = unique(ops)
         seen[ops] = True
         visited.append(ops)
         frontier = ops
@@ -91,9 +123,10 @@ def closure_start(low: np.ndarray, root: int) -> int:
         start = max(0, stop - size)
         suffix_min = np.minimum.accumulate(low[start:stop][::-1])   # from stop-1 down
         np.minimum(suffix_min, running, out=suffix_min)
-        closed = np.flatnonzero(suffix_min >= np.arange(stop - 1, start - 1, -1))
-        if closed.size:
-            return stop - 1 - int(closed[0])
+        closed = suffix_min >= np.arange(stop - 1, start - 1, -1, dtype=suffix_min.dtype)
+        first = int(closed.argmax())            # stops at the first True
+        if closed[first]:
+            return stop - 1 - first
         running = int(suffix_min[-1])
         stop = start
         size *= 4
@@ -192,19 +225,32 @@ def runs(pred: np.ndarray, min_length: int) -> list[np.ndarray]:
     (no other path member in between), of at least ``min_length`` nodes: linear time,
     no pointer jumping. Recurrences (``x = x * a + b``) and sum chains are such paths;
     paths interleaved with others come apart and are left out."""
-    has = pred >= 0
-    is_pred = np.zeros(pred.size, bool)
-    is_pred[pred[has]] = True
-    members = np.flatnonzero(has | is_pred)
-    if members.size < 2:
+    member = np.zeros(pred.size + 1, bool)      # last slot: what -1 marks
+    member[pred] = True
+    member = member[:-1]
+    member |= pred >= 0
+    count = np.count_nonzero(member)
+    if count < 2:
         return []
-    link = np.zeros(members.size + 1, np.int8)
-    link[1:-1] = pred[members[1:]] == members[:-1]
+    link = np.zeros(count + 1, np.int8)
+    first = int(member.argmax())
+    last = member.size - 1 - int(member[::-1].argmax())
+    if last - first + 1 == count:
+        # the members are the range first..last (a recurrence): slices, no gather
+        np.equal(pred[first + 1: last + 1], np.arange(first, last, dtype=pred.dtype),
+                 out=link[1:-1])
+        members = None
+    else:
+        members = np.flatnonzero(member)
+        np.equal(pred[members[1:]], members[:-1], out=link[1:-1])
     step = np.diff(link)
     starts = np.flatnonzero(step == 1)           # link k joins members k and k + 1
     stops = np.flatnonzero(step == -1)
     long = stops - starts + 1 >= min_length
-    return [members[a: b + 1] for a, b in zip(starts[long].tolist(), stops[long].tolist())]
+    pairs = zip(starts[long].tolist(), stops[long].tolist())
+    if members is None:
+        return [np.arange(first + a, first + b + 1) for a, b in pairs]
+    return [members[a: b + 1] for a, b in pairs]
 
 
 def longest_chain(a0: np.ndarray, a1: np.ndarray, n: int) -> int:

@@ -173,6 +173,7 @@ class Plan:
     evaluated: np.ndarray           # local rows the plan computes (non-leaf, not given)
     leaves: np.ndarray              # local rows read from the tape or the caller
     steps: list = field(repr=False, default_factory=list)
+    range_from: int = -1            # rows[range_from:] are consecutive tape rows (-1: unknown)
 
     @property
     def size(self) -> int:
@@ -235,51 +236,72 @@ class Plan:
         return plan
 
     @classmethod
-    def for_backward(cls, cols, leaves: np.ndarray, lo: int, hi: int) -> Plan:
-        """Plan of the rows a backward of row ``hi - 1`` sweeps: the leaves it reads
-        before ``lo`` (ascending) and every row of ``[lo, hi)``, which the caller knows
-        to be closed (every operand is in the interval or among ``leaves``).
+    def for_backward(cls, cols, lo: int, hi: int) -> Plan:
+        """Plan of the rows a backward of row ``hi - 1`` sweeps: the leaves before ``lo``
+        that the interval reads (ascending), then every row of ``[lo, hi)``, which the
+        caller knows to be closed under non-leaf operands (:func:`_graph.closure_start`).
 
         The interval's columns are read as slices, operands are renumbered by
         arithmetic and each immediate gets a constant row of its own: no sorting, so
-        this costs a few passes over the interval (no forward schedule)."""
-        nl = leaves.size
-        n = nl + hi - lo
-        index = np.int32 if n + (hi - lo) < 2**31 else np.int64   # half the pages to touch
-        rows = np.arange(lo - nl, hi, dtype=np.int64)
+        this costs a few passes over the interval (no forward schedule). Local rows are
+        int32 where they fit: half the pages to touch on a first call."""
+        span = hi - lo
+        index = np.int32 if 4 * span + 2 < 2**31 else np.int64
+        args = [col[lo:hi] for col in (cols.a0, cols.a1)]
+        outside = []                       # slots that read a leaf before ``lo``
+        for a in args:
+            below = a < lo
+            below ^= a < 0                 # not an immediate or an unused slot
+            outside.append(np.flatnonzero(below))
+        leaves = _graph.unique(np.concatenate([a[o] for a, o in zip(args, outside)]))
+        nl = leaves.size                   # distinct rows before lo: nl <= lo
+        n = nl + span
+        rows = np.arange(lo - nl, hi, dtype=index)
         rows[:nl] = leaves
         op = np.concatenate((cols.op[leaves], cols.op[lo:hi]))
         level = np.concatenate((cols.level[leaves], cols.level[lo:hi]))
-        binary = _BINARY[op]
-        xy = []
-        for args_col in (cols.a0, cols.a1):
-            a = args_col[lo:hi]
+        xy, empty = [], []
+        for a, o in zip(args, outside):
             local = np.empty(n, index)
-            local[:nl] = -1
-            tail = local[nl:]
-            np.add(a, nl - lo, out=tail, casting="unsafe")
-            before = (a >= 0) & (a < lo)
-            if before.any():
-                tail[before] = np.searchsorted(leaves, a[before])
-            tail[a < 0] = -1
+            np.add(a, nl - lo, out=local[nl:], casting="unsafe")
+            if o.size:
+                local[nl + o] = np.searchsorted(leaves, a[o])
+            imm = np.empty(n, bool)        # an immediate or no operand (all of a leaf's)
+            imm[:nl] = True
+            np.less(a, 0, out=imm[nl:])
             xy.append(local)
+            empty.append(imm)
         x, y = xy
-        x_imm, y_imm = x < 0, y < 0
+        x_imm, y_imm = empty
         # an immediate gets a constant row only where the partials read it (x * 3 does,
-        # x + 3 does not); other empty slots point at the sink
-        at = np.flatnonzero(binary & (x_imm | y_imm) & READS_OPERANDS[op])
-        const_values = np.concatenate((cols.const[leaves], cols.const[lo:hi]))[at]
+        # x + 3 does not); other empty slots point at the sink. Leaves (op 0) read none.
+        need = x_imm | y_imm
+        need &= _BINARY[op]
+        need &= READS_OPERANDS[op]
+        at = np.flatnonzero(need)
+        const_values = cols.const[lo - nl: hi][at]      # local row i <- tape row lo - nl + i
         sink = n + at.size
-        x[x_imm] = sink
-        y[y_imm] = sink
+        np.copyto(x, sink, where=x_imm)
+        np.copyto(y, sink, where=y_imm)
         const_rows = np.arange(n, sink, dtype=index)
         on_x = x_imm[at]
-        x[at[on_x]] = const_rows[on_x]
-        on_x = ~on_x
-        y[at[on_x]] = const_rows[on_x]
-        evaluated = np.flatnonzero(level > 0)
-        plan_leaves = np.flatnonzero(level == 0)
-        return cls(rows, const_values, x, y, op, level, evaluated, plan_leaves)
+        x_side = np.count_nonzero(on_x)
+        if x_side == at.size:                # every immediate in slot 0 (3 * x): no masks
+            x[at] = const_rows
+        elif x_side == 0:                    # every one in slot 1 (x * 3)
+            y[at] = const_rows
+        else:
+            x[at[on_x]] = const_rows[on_x]
+            on_x = ~on_x
+            y[at[on_x]] = const_rows[on_x]
+        if np.count_nonzero(level[nl:]) == span:         # no leaf inside the interval
+            evaluated = np.arange(nl, n, dtype=index)
+            plan_leaves = np.arange(nl, dtype=index)
+        else:
+            evaluated = np.flatnonzero(level > 0)
+            plan_leaves = np.flatnonzero(level == 0)
+        return cls(rows, const_values, x, y, op, level, evaluated, plan_leaves,
+                   range_from=nl)
 
     def same_structure(self, other: Plan) -> bool:
         """Whether ``other`` has this plan's ops and local operands (so a
@@ -495,6 +517,35 @@ class _FoldedChains:
 _DIFFERENTIABLE = DIFFERENTIABLE
 
 
+def _single_reader_links(plan: Plan, rows: np.ndarray, in_rows: np.ndarray | slice,
+                         fan: np.ndarray, index: type) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each row's predecessor on a single-reader chain and the operand slot it reads it
+    through (``-1`` and 0 where none; ``None`` for the slots when every link reads slot
+    0): its first operand with partials (among ``rows``, ``in_rows`` =
+    :func:`_graph.as_slice` of them) that no other slot reads (``fan`` is 1)."""
+    size = plan.size
+    single = np.zeros(size, bool)      # constants and the sink have no partials: False
+    single[in_rows] = fan[in_rows] == 1
+    p0, p1 = plan.x[in_rows], plan.y[in_rows]
+    ok0 = single[p0]
+    ok1 = single[p1]
+    ok1 &= ~ok0                        # slot 0 first
+    pred = np.full(size, -1, index)
+    on_y = bool(ok1.any())
+    pred_slot = np.zeros(size, index) if on_y else None
+    if isinstance(in_rows, slice):     # masked copies into views: no index arrays
+        np.copyto(pred[in_rows], p0, where=ok0)
+        if on_y:
+            np.copyto(pred[in_rows], p1, where=ok1)
+            np.copyto(pred_slot[in_rows], 1, where=ok1)
+    else:
+        pred[rows[ok0]] = p0[ok0]
+        if on_y:
+            pred[rows[ok1]] = p1[ok1]
+            pred_slot[rows[ok1]] = 1
+    return pred, pred_slot
+
+
 class Backward:
     """Reverse schedule of a plan for one output: adjoints of all its rows.
 
@@ -523,43 +574,51 @@ class Backward:
         self.reached: np.ndarray | None = None
         self.anomaly_found: tuple[int, int, float, float] | None = None
         ev = plan.evaluated
-        rows = ev[_DIFFERENTIABLE[plan.op[ev]]]
+        differentiable = _DIFFERENTIABLE[plan.op[_graph.as_slice(ev)]]
+        rows = ev if differentiable.all() else ev[differentiable]
         self.rows = rows                      # local rows with partials, ascending
-        size, sink = plan.size, plan.sink
-        # operands are local rows, constants or the sink: never negative
-        fan = _graph.consumers(plan.x[rows], plan.y[rows], size, nonnegative=True)
-        if exact is None:
-            unread = rows[fan[rows] == 0]
-            exact = unread.size == 0 or (unread.size == 1 and unread[0] == output)
-        self.exact = exact
-        has_partials = np.zeros(size, bool)
-        has_partials[rows] = True
+        size = plan.size
         index = np.int32 if 2 * size < 2**31 else np.int64
-        pred = np.full(size, -1, index)
-        pred_slot = np.zeros(size, index)
-        for slot, operand in ((0, plan.x), (1, plan.y)):
-            p = operand[rows]
-            ok = (pred[rows] < 0) & has_partials[p] & (fan[p] == 1) & (p != sink)
-            pred[rows[ok]] = p[ok]
-            pred_slot[rows[ok]] = slot
+        in_rows = _graph.as_slice(rows)       # a slice when the rows are a range: views
+        # operands are local rows, constants or the sink: never negative
+        fan = _graph.consumers(plan.x[in_rows], plan.y[in_rows], size, nonnegative=True)
+        if exact is None:
+            unread = fan[in_rows] == 0
+            count = np.count_nonzero(unread)
+            exact = count == 0 or (count == 1 and rows[int(unread.argmax())] == output)
+        self.exact = exact
+        pred, pred_slot = _single_reader_links(plan, rows, in_rows, fan, index)
         key = plan.level
         folded = np.zeros(size, bool)
         by_shape: dict[tuple[int, int], list[np.ndarray]] = {}
         for path in _graph.runs(pred, _FOLD_MIN):
-            folded[path] = True
+            folded[_graph.as_slice(path)] = True
             by_shape.setdefault((int(key[path[-1]]), path.size), []).append(path)
-        rest = rows[~folded[rows]]
+        rest = rows[~folded[in_rows]]
         by_level, starts = _graph.level_groups(key[rest])
         rest = rest[by_level]
-        blocks = [np.ascontiguousarray(np.array(paths).T[::-1])          # top first
-                  for paths in by_shape.values()]
-        order = np.concatenate([rest] + [b.ravel() for b in blocks])
+        # ``order``: the level groups, then each block of folded chains (chain position,
+        # top first, x chain) written in place; the blocks are views of it. intp: every
+        # sweep gathers and scatters by it (int32 indices cost a cast each time)
+        m = rest.size + sum(len(paths) * paths[0].size for paths in by_shape.values())
+        order = np.empty(m, np.intp)
+        order[: rest.size] = rest
+        blocks, at = [], rest.size
+        for paths in by_shape.values():
+            out = order[at: at + len(paths) * paths[0].size].reshape(paths[0].size, len(paths))
+            if len(paths) == 1:
+                out[:, 0] = paths[0][::-1]                              # top first
+            else:
+                np.stack([path[::-1] for path in paths], axis=1, out=out)
+            blocks.append(out)
+            at += out.size
         self.order = order
-        m = order.size
         self.t0 = plan.x[order]
         self.t1 = plan.y[order]
         op = plan.op[order]
-        codes = np.flatnonzero(np.bincount(op, minlength=len(OPS)))
+        present = np.zeros(256, bool)         # (a bincount would copy op to intp)
+        present[op.view(np.uint8)] = True
+        codes = np.flatnonzero(present)
         if codes.size <= 8:                  # a pass per op beats a sort of every row
             self.by_op = [(OPS[int(c)], np.flatnonzero(op == c)) for c in codes.tolist()]
         else:
@@ -571,19 +630,27 @@ class Backward:
         self.chains: dict[int, list[_FoldedChains]] = {}
         at = rest.size                       # where each block's rows sit in ``order``
         for (k, _), out in zip(by_shape, blocks):
-            pos = np.arange(at, at + out.size, dtype=index).reshape(out.shape)
-            at += out.size
+            # a block's operands are its slices of t0, t1; positions are ``at + offset``
+            operands = [t[at: at + out.size].reshape(out.shape) for t in (self.t0, self.t1)]
             upper = out[:-1]
+            # the operand slot each link reads (None: slot 0, all of them)
+            slots = None if pred_slot is None else pred_slot[upper]
+            links = np.arange(at, at + upper.size, dtype=index).reshape(upper.shape)
+            if slots is not None and slots.any():
+                links += slots * m
             side_c, side_t, side_p = [], [], []
-            for slot, operand in ((0, plan.x), (1, plan.y)):
-                use = operand[out] < plan.rows.size   # not into constants or the sink
-                use[:-1] &= pred_slot[upper] != slot
+            for slot, operand in enumerate(operands):
+                use = operand < plan.rows.size   # not into constants or the sink
+                if slots is not None:
+                    use[:-1] &= slots != slot
+                elif slot == 0:
+                    use[:-1] = False
                 side_c.append(out[use])
-                side_t.append(operand[out][use])
-                side_p.append(slot * m + pos[use])
+                side_t.append(operand[use])
+                side_p.append((slot * m + at + np.flatnonzero(use)).astype(index))
+            at += out.size
             self.chains.setdefault(k, []).append(_FoldedChains(
-                out, pred_slot[upper] * m + pos[:-1],
-                *map(np.concatenate, (side_c, side_t, side_p))))
+                out, links, *map(np.concatenate, (side_c, side_t, side_p))))
         self.keys = sorted(set(self.groups) | set(self.chains), reverse=True)
 
     def partials(self, values: np.ndarray, timing=None) -> np.ndarray:

@@ -273,14 +273,6 @@ def _leaf_shares(t: Rows, shares: dict[int, float]) -> None:
             leaf.grad += g
 
 
-def _interval(cols: Columns, root: int) -> tuple[int, np.ndarray]:
-    """``lo`` of the root's closed interval and the leaves before it that it reads."""
-    lo = _graph.closure_start(cols.low, root)
-    a0, a1 = cols.a0[lo: root + 1], cols.a1[lo: root + 1]
-    before = np.concatenate((a0[(a0 >= 0) & (a0 < lo)], a1[(a1 >= 0) & (a1 < lo)]))
-    return lo, np.unique(before).astype(np.int64)
-
-
 def _schedule(t: Rows, cols: Columns, root: int) -> tuple[Plan, Backward]:
     """Plan and backward schedule for ``root``: over the ancestors themselves when a
     few frontier rounds find them (shallow graphs), else over the root's closed
@@ -297,8 +289,10 @@ def _schedule(t: Rows, cols: Columns, root: int) -> tuple[Plan, Backward]:
         plan = Plan.build(cols, exact, np.empty(0, np.int64), schedule=False)
         entry = (plan, Backward(plan, plan.rows.size - 1, True))
     else:
-        lo, leaves = _interval(cols, root)
-        plan = Plan.for_backward(cols, leaves, lo, root + 1)
+        lo = _graph.closure_start(cols.low, root)
+        if root + 1 - lo >= _KEEP_FROM:          # before the build: its temporaries reuse
+            _keep_pages()                        # each other's pages too
+        plan = Plan.for_backward(cols, lo, root + 1)
         last = t.plan(("structure",))
         if last is not None and last[0].same_structure(plan):
             entry = (plan, last[1])
@@ -307,7 +301,28 @@ def _schedule(t: Rows, cols: Columns, root: int) -> tuple[Plan, Backward]:
             entry = (plan, Backward(plan, plan.rows.size - 1, exact=None))
             t.remember(("structure",), entry, kept=1)
     t.remember(("backward", root), entry, _PLANS_KEPT)
+    if exact is not None and entry[0].size >= _KEEP_FROM:
+        _keep_pages()
     return entry
+
+
+_KEEP_FROM = 1 << 15    # plans of this many local rows or more: sweeps of a MiB and more
+
+
+def _keep_pages() -> None:
+    """Let big sweeps reuse memory between calls instead of page-faulting it anew.
+
+    glibc's malloc serves a request above its mmap threshold with fresh pages from
+    ``mmap``, and hands heap memory above its trim threshold back to the system on
+    ``free``: every sweep would page-fault its value, partial and adjoint arrays again
+    (about 0.65 ms per MB here; a 10^6-row chain peaks near 60 MB). The thresholds start
+    at 128 KiB and rise to the size (trim: twice it) of any mmapped block freed, up to
+    32 MiB, as they do when any NumPy program frees a big array: freeing one untouched
+    block just below that raises them once and for all. One ``mmap``/``munmap`` pair,
+    no page touched (the process may keep up to 64 MiB of freed heap); other
+    allocators ignore it. Tuned to glibc; measured in ``benchmarks/bench_first.py``.
+    """
+    np.empty(31 << 20, np.uint8)
 
 
 def _vectorized(t: Rows, root: int, anomaly: bool, timing: Timing | None) -> int:
@@ -318,7 +333,13 @@ def _vectorized(t: Rows, root: int, anomaly: bool, timing: Timing | None) -> int
     if timing is not None:
         timing.lap("interval")
     values = plan.new_values()
-    values[: plan.rows.size] = cols.value[plan.rows]
+    n, k = plan.rows.size, plan.range_from
+    if k >= 0:                                 # the leaves before an interval, then it
+        lo = int(plan.rows[k]) if k < n else 0
+        values[:k] = cols.value[plan.rows[:k]]
+        values[k:n] = cols.value[lo: lo + n - k]
+    else:
+        values[:n] = cols.value[plan.rows]
     adj = back.run(values, timing, anomaly)
     if back.anomaly_found is not None:
         local, slot, partial, grad = back.anomaly_found
@@ -328,7 +349,12 @@ def _vectorized(t: Rows, root: int, anomaly: bool, timing: Timing | None) -> int
     if back.reached is not None:
         inner = inner[back.reached[inner]]
         leaves = leaves[back.reached[leaves]]
-    t.set_grads(plan.rows[inner], adj[inner])
+    at = _graph.as_slice(inner)
+    if k >= 0 and isinstance(at, slice) and at.start >= k:
+        start = int(plan.rows[at.start])       # consecutive rows of the interval: slices
+        t.set_grads(slice(start, start + at.stop - at.start), adj[at])
+    else:
+        t.set_grads(plan.rows[inner], adj[inner])
     shares = adj[leaves]
     leaf_rows = plan.rows[leaves]
     if t.has_links():

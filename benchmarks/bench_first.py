@@ -1,0 +1,81 @@
+"""The first ``backward()`` of a big graph, which builds its schedule, against a repeat.
+
+    python benchmarks/bench_first.py w2      # chain of 10^6 ops (W2 of bench_engine.py)
+    python benchmarks/bench_first.py w3      # random layered DAG of 2e5 ops (W3)
+    python benchmarks/bench_first.py w1      # moons training step (W1), median of steps
+
+Run each in a fresh process, several times, and take the median: the first call's cost
+includes touching fresh memory (page faults), which a warm process does not see. Prints
+one JSON line: ns/op of the first and of a repeated call, and the minor page faults
+(``ru_minflt``) the first call took.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_engine import chain, moons_data, moons_step, random_dag  # noqa: E402
+
+import tapegrad  # noqa: E402
+import tapegrad.nn  # noqa: E402
+
+
+def faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def first_and_again(root, ops: int) -> dict:
+    f0 = faults()
+    t0 = time.perf_counter()
+    root.backward()
+    first = time.perf_counter() - t0
+    f1 = faults()
+    again = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        root.backward()
+        again.append(time.perf_counter() - t0)
+    return {"first_ns_op": first / ops * 1e9, "again_ns_op": statistics.median(again) / ops * 1e9,
+            "first_minflt": f1 - f0}
+
+
+def main() -> None:
+    which = sys.argv[1] if len(sys.argv) > 1 else "w2"
+    out: dict = {"workload": which}
+    if which == "w2":
+        ops = int(float(sys.argv[2])) if len(sys.argv) > 2 else 10**6
+        with tapegrad.Tape():
+            x0, x = chain(tapegrad.Value, ops // 2)
+            out.update(first_and_again(x, ops))
+            out["grad"] = x0.grad
+    elif which == "w3":
+        ops = int(float(sys.argv[2])) if len(sys.argv) > 2 else 200_000
+        with tapegrad.Tape():
+            leaves, root, total = random_dag(tapegrad.Value, ops)
+            out.update(first_and_again(root, total))
+            out["grad0"] = leaves[0].grad
+    else:
+        X, y = moons_data()
+        random.seed(1337)
+        model = tapegrad.nn.MLP(2, [16, 16, 1])
+        moons_step(tapegrad.Value, model, X, y, 0)
+        times = []
+        for k in range(1, 31):
+            t0 = time.perf_counter()
+            moons_step(tapegrad.Value, model, X, y, k)
+            times.append(time.perf_counter() - t0)
+        out["step_ms"] = statistics.median(times) * 1e3
+        out["w0"] = model.parameters()[0].data
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""The first backward of a deep graph: interval plans and the backward schedule built
+for them (``Plan.for_backward``, ``Backward``), shape by shape, against the small
+Python sweep (the row-by-row reference with each op's scalar partials) and closed forms.
+
+Every graph here is deeper than the frontier rounds reach, so the vectorized sweep
+takes the closed interval; ``SMALL_ROWS`` is set to 0 to keep the small path out.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from tapegrad import Tape, Value, _graph, _sweep
+
+
+def grads_both_ways(make, monkeypatch):
+    """(inner, leaves) gradients of ``make()``'s root by the vectorized sweep and by the
+    small Python sweep, each on a fresh tape; ``make`` returns (leaves, inner, root)."""
+    out = []
+    for small_rows in (0, 10**9):
+        monkeypatch.setattr(_sweep, "SMALL_ROWS", small_rows)
+        with Tape():
+            leaves, inner, root = make()
+            root.backward()
+            out.append(([v.grad for v in inner], [v.grad for v in leaves]))
+    return out
+
+
+def check(make, monkeypatch, exact_leaves=False):
+    (vec_inner, vec_leaves), (ref_inner, ref_leaves) = grads_both_ways(make, monkeypatch)
+    assert vec_inner == ref_inner                     # bit for bit
+    if exact_leaves:
+        assert vec_leaves == ref_leaves
+    else:                                             # leaf sums may add in another order
+        np.testing.assert_allclose(vec_leaves, ref_leaves, rtol=1e-12, atol=1e-300)
+    return vec_inner, vec_leaves
+
+
+def test_recurrence_with_slot_one_immediates_matches_the_closed_form(monkeypatch):
+    def make():
+        x0 = Value(1.0)
+        x, inner = x0, []
+        for _ in range(3000):
+            x = x * 1.0001 + 1e-4
+            inner.append(x)
+        return [x0], inner[::50], x
+
+    inner, (g,) = check(make, monkeypatch, exact_leaves=True)
+    assert g == pytest.approx(1.0001 ** 3000, rel=1e-12)
+
+
+def test_immediates_in_slot_zero_only_and_mixed(monkeypatch):
+    def slot_zero():
+        x0 = Value(0.3)
+        x, inner = x0, []
+        for k in range(400):
+            x = 1.5 - 0.5 / (2.0 + x)           # rsub, rtruediv: immediates in slot 0
+            x = 0.9 ** x if k % 3 == 0 else x
+            inner.append(x)
+        return [x0], inner, x
+
+    def mixed():
+        x0, w = Value(0.3), Value(0.9)
+        x, inner = x0, []
+        for k in range(400):
+            x = (x / 4.0 + 4.0 / (3.0 + x * x)) * w if k % 2 else 1.0 - x * 0.5
+            inner.append(x)
+        return [x0, w], inner, x
+
+    check(slot_zero, monkeypatch)
+    check(mixed, monkeypatch)
+
+
+def test_leaves_inside_the_interval_and_before_it(monkeypatch):
+    def make():
+        before = [Value(0.1 * k) for k in range(5)]
+        x = before[0]
+        inner, leaves = [], list(before)
+        for k in range(1500):
+            if k % 100 == 0:                     # a leaf recorded inside the interval
+                leaves.append(Value(1.0 + k / 1000))
+                x = x * leaves[-1]
+            x = (x * before[k % 5] + before[(k + 2) % 5]).tanh() + x * before[4]
+            inner.append(x)
+        return leaves, inner, x
+
+    check(make, monkeypatch)
+
+
+def test_guards_inside_the_interval_are_skipped(monkeypatch):
+    def make():
+        x0 = Value(0.5)
+        x, inner = x0, []
+        for k in range(1200):
+            x = x * 1.001 if x > 0 else -x        # a guard row every step
+            x = x + 0.001 * (k % 3)
+            inner.append(x)
+        return [x0], inner, x
+
+    check(make, monkeypatch, exact_leaves=True)
+
+
+def test_parallel_chains_of_one_shape_share_a_block(monkeypatch):
+    def make():
+        starts = [Value(0.1 + 0.2 * k) for k in range(4)]
+        tops, inner = [], []
+        for s in starts:                          # recorded one after another
+            x = s
+            for _ in range(300):
+                x = x * 0.999 + 0.002
+                inner.append(x)
+            tops.append(x)
+        root = tops[0]
+        for t in tops[1:]:
+            root = root * t
+        return starts, inner, root
+
+    check(make, monkeypatch, exact_leaves=True)
+
+
+def test_interval_rows_that_do_not_reach_the_root(monkeypatch):
+    def make():
+        x0, y0 = Value(0.7), Value(-0.2)
+        x, dead, inner = x0, [], []
+        for k in range(1500):
+            x = x * 0.9995 + 0.0003
+            if k % 7 == 0:
+                dead.append((x - 1e9).exp())      # read by nothing: 0 * inf must not leak
+                dead.append(y0.log())             # nan operand, partial nan
+            inner.append(x)
+        root = x * 2.0
+        return [x0, y0], inner, root
+
+    inner, leaves = check(make, monkeypatch)
+    assert leaves[1] == 0.0
+    assert all(math.isfinite(g) for g in inner)
+
+
+def test_the_same_graph_recorded_again_reuses_the_schedule(monkeypatch):
+    monkeypatch.setattr(_sweep, "SMALL_ROWS", 0)
+    got = []
+    with Tape():
+        for step in range(3):
+            x0 = Value(0.5 + step)
+            x = x0
+            for _ in range(500):
+                x = (x * 0.99 + 0.01).relu() + x * 1e-3
+            x.backward()
+            got.append(x0.grad)
+    monkeypatch.setattr(_sweep, "SMALL_ROWS", 10**9)
+    want = []
+    for step in range(3):
+        with Tape():
+            x0 = Value(0.5 + step)
+            x = x0
+            for _ in range(500):
+                x = (x * 0.99 + 0.01).relu() + x * 1e-3
+            x.backward()
+            want.append(x0.grad)
+    assert got == want
+
+
+def test_repeated_backward_accumulates_leaves_and_resets_inner(monkeypatch):
+    monkeypatch.setattr(_sweep, "SMALL_ROWS", 0)
+    with Tape():
+        x0 = Value(1.0)
+        x = x0
+        for _ in range(2000):
+            x = x * 1.0001 + 1e-4
+        mid = x
+        for _ in range(10):
+            x = x * 1.0001
+        x.backward()
+        first, mid_first = x0.grad, mid.grad
+        x.backward()
+        assert x0.grad == 2 * first
+        assert mid.grad == mid_first
+
+
+# -- the graph primitives these use -------------------------------------------------------
+
+
+def test_unique_is_numpys():
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 2, 7, 1000):
+        for dtype in (np.int32, np.int64):
+            a = rng.integers(-5, 40, n).astype(dtype)
+            got, want = _graph.unique(a), np.unique(a)
+            assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+def test_as_slice_only_for_ranges():
+    assert _graph.as_slice(np.arange(3, 9)) == slice(3, 9)
+    idx = np.array([1, 2, 4])
+    assert _graph.as_slice(idx) is idx
+    empty = np.empty(0, np.int64)
+    assert _graph.as_slice(empty) is empty
+
+
+def test_int32_reader_counts_equal_bincount():
+    rng = np.random.default_rng(4)
+    a0, a1 = rng.integers(0, 50, 300), rng.integers(0, 50, 300).astype(np.int32)
+    fast = _graph.consumers(a0, a1, 60, nonnegative=True)
+    want = np.bincount(a0, minlength=60) + np.bincount(a1, minlength=60)
+    assert np.array_equal(fast, want)
+
+
+def test_runs_are_the_consecutive_chains():
+    rng = np.random.default_rng(5)
+    for trial in range(300):
+        k = int(rng.integers(1, 60))
+        pred = np.full(k, -1, np.int32)
+        free = set(range(k))
+        for i in range(1, k):                 # every node at most one successor
+            recurrence = trial % 2 and rng.random() < 0.9     # members often a range
+            p = i - 1 if recurrence else int(rng.integers(0, i))
+            if rng.random() < 0.8 and p in free:
+                pred[i] = p
+                free.discard(p)
+        got = [r.tolist() for r in _graph.runs(pred, 2)]
+        members = np.flatnonzero((pred >= 0) | np.isin(np.arange(k), pred[pred >= 0]))
+        want, cur = [], []
+        for a, b in zip(members[:-1].tolist(), members[1:].tolist()):
+            if pred[b] == a:
+                cur = cur or [a]
+                cur.append(b)
+            elif cur:
+                want.append(cur)
+                cur = []
+        if cur:
+            want.append(cur)
+        assert got == want
