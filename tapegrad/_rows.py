@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _context, _graph
-from .ops import GUARDS, LEAF, OPS, Op
+from .ops import CUSTOM, GUARDS, LEAF, OPS, Op
 
 _STAGE_ROWS = 4096          # rows staged in Python lists between flushes
 STAGE_WIDTH = 5             # staged fields per row: opcode, arg0, arg1, const, level
@@ -688,7 +688,8 @@ class Rows:
                 "opnames": [op.name for op in OPS], "labels": dict(self._labels),
                 "scopes": list(self._scope_names), "codes": codes,
                 "mark_rows": np.array(self._mark_rows, np.int64),
-                "mark_ids": np.array(self._mark_ids, np.int64)}
+                "mark_ids": np.array(self._mark_ids, np.int64),
+                "custom": {row: entry[0] for row, entry in self._custom.items()}}
 
     def extract(self, rows: np.ndarray) -> dict[str, Any]:
         """The ``rows`` (ascending tape rows, closed under operands) renumbered ``0..k-1``,
@@ -697,7 +698,6 @@ class Rows:
         Values are the current ones (mirrors of other tapes' leaves refreshed first);
         labels and scopes follow their rows; mirrored leaves become plain leaves.
         """
-        from .ops import CUSTOM
         if self._links:
             self.refresh_links()
         cols = self.columns()
@@ -755,8 +755,11 @@ class Rows:
         self._labels = data["labels"]
         self._scope_names = data["scopes"] or [""]
         self._scope_index = {name: k for k, name in enumerate(self._scope_names)}
-        self._mark_rows = data["mark_rows"].astype(int).tolist()
-        self._mark_ids = data["mark_ids"].astype(int).tolist()
+        self._mark_rows = data["mark_rows"].astype(int).tolist() or [0]
+        self._mark_ids = data["mark_ids"].astype(int).tolist() or [0]
+        symbols = data.get("custom", {})
+        for row in np.flatnonzero(self._op[:n] == CUSTOM.code).tolist():
+            self._custom[row] = [symbols.get(row, ""), _lost_closure(self.name, row)]
         self._blocks, self._bases = [], []
         for b in range(0, n, BLOCK_ROWS):
             self._blocks.append(Block(self))
@@ -795,6 +798,19 @@ class RetiredRows(Rows):
             f"this Value belongs to tape {name!r}, which was reset: its rows were freed. "
             "Record the computation again."
         )
+
+
+def _lost_closure(tape: str, row: int) -> Any:
+    """The ``_backward`` of a custom row read from a file or a pickle: the user's closure
+    did not travel with the row, so a backward through it raises instead of passing
+    on a zero gradient."""
+    def lost() -> None:
+        raise RuntimeError(
+            f"row {row} of tape {tape!r} is a custom row (Value(data, _children, _op)) read "
+            "back from a file or a pickle: its _backward closure was not saved, so its "
+            "gradient is unknown. Record it again in this process, or build it from "
+            "tapegrad's ops (tapegrad.defop) so that it can be saved")
+    return lost
 
 
 def _refcounts(objects: list) -> list[int]:

@@ -291,7 +291,10 @@ class Tape:
         """Write the tape to ``path`` as a ``.npz`` (plain arrays, no pickle).
 
         Rows, values, gradients, labels and scopes round-trip bit for bit through
-        :meth:`load`. Leaves linked from other tapes are saved as plain leaves.
+        :meth:`load`. Leaves linked from other tapes are saved as plain leaves. Custom
+        rows (``Value(data, _children, _op)``) keep their values but not their Python
+        ``_backward`` closures: a backward through one of them after loading raises
+        ``RuntimeError``; pickling does the same.
 
         Parameters
         ----------
@@ -331,8 +334,9 @@ class Tape:
         return tape
 
     def __reduce__(self) -> tuple:
-        """Pickles the rows (values, gradients, labels, scopes), as :meth:`save` does;
-        Values pickle on their own (leaves, as new leaves)."""
+        """Pickles the rows (values, gradients, labels, scopes, custom rows' op names, but
+        not their closures), as :meth:`save` does; Values pickle on their own (leaves,
+        as new leaves)."""
         return _unpickle_tape, (self.name, self.reclaim, self.reclaim_min_rows,
                                 self._rows.state())
 

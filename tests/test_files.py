@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import pickle
 import random
 import re
 import struct
@@ -555,3 +556,42 @@ def test_fuzzed_files_raise_only_value_or_os_errors(kind, tmp_path):
     if resource:
         grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
         assert grown_kb < 50 * 1024, f"peak RSS grew by {grown_kb / 1024:.0f} MB"
+
+
+def _custom_square_tape() -> tuple[Tape, Value]:
+    with Tape("custom") as tape:
+        a = Value(2.0, label="a")
+        sq = Value(a.data ** 2, (a,), "sq")
+
+        def _backward() -> None:
+            a.grad += 2 * a.data * sq.grad
+        sq._backward = _backward
+        y = sq * 3.0
+    return tape, y
+
+
+def test_a_custom_rows_closure_does_not_travel_so_a_backward_through_it_raises(tmp_path):
+    """A custom row's ``_backward`` is the user's Python closure: a saved or pickled tape
+    keeps the row (dumps and pictures work) but not the closure, so its backward raises
+    instead of giving ``a`` the gradient 0 (the right one is 12)."""
+    tape, y = _custom_square_tape()
+    y.backward()
+    assert tape.rows_object().grad(0) == 12.0
+    tape.save(tmp_path / "c.tape")
+    for copy in (pickle.loads(pickle.dumps(tape)), Tape.load(tmp_path / "c.tape")):
+        assert "custom %0" in copy.dump()
+        with pytest.raises(RuntimeError, match=r"row 1 of tape 'custom' is a custom row .*"
+                                               r"_backward closure was not saved"):
+            copy.backward_from(2)
+
+
+def test_a_tape_without_scope_marks_loads_and_describes_its_rows():
+    data = Tape("t").rows_object().state()
+    data.update(op=np.zeros(2, np.int8), args=np.full((2, 2), -1, np.int32),
+                const=np.zeros(2), value=np.array([1.0, 2.0]), grad=np.zeros(2),
+                level=np.zeros(2, np.int32), labels={1: "b"},
+                mark_rows=np.zeros(0, np.int64), mark_ids=np.zeros(0, np.int64))
+    tape = Tape("loaded")
+    tape.rows_object().load_columns(data)
+    assert tape.rows_object().describe(1) == " 'b'"
+    assert "%1 = leaf" in tape.dump()
