@@ -19,12 +19,10 @@ import argparse
 import os
 import random
 import resource
-import sys
 import time
 
+import _checkout  # noqa: E402,F401,I001  (this checkout's tapegrad first)
 import numpy as np
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from tapegrad import DASK_WORKER_ENV, Function, Tape, Value  # noqa: E402
 from tapegrad.nn import MLP  # noqa: E402

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import time
 
+import _checkout  # noqa: E402,F401,I001  (this checkout's tapegrad first)
 import numpy as np
 
 from tapegrad import Function, Tape, Value

@@ -32,6 +32,8 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
+import _checkout  # noqa: E402,F401,I001  (this checkout's tapegrad first)
+
 from tapegrad import Tape, Value
 from tapegrad.nn import MLP
 from tapegrad.viz import GraphTooLargeError, draw_dot, export_dot

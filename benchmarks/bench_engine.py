@@ -35,6 +35,7 @@ import sys
 import time
 from collections.abc import Callable
 
+import _checkout  # noqa: E402,F401,I001  (this checkout's tapegrad first)
 import numpy as np
 
 import tapegrad

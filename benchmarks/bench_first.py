@@ -22,6 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import _checkout  # noqa: E402,F401,I001  (this checkout's tapegrad first)
 from bench_engine import chain, moons_data, moons_step, random_dag  # noqa: E402
 
 import tapegrad  # noqa: E402

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+import _checkout  # noqa: E402,F401,I001  (this checkout's tapegrad first)
 from bench_engine import moons_data  # noqa: E402
 
 from tapegrad import Tape, Value, current_tape  # noqa: E402

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import _checkout  # noqa: E402,F401,I001  (this checkout's tapegrad first)
 import numpy as np
 
 import tapegrad

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+import _checkout  # noqa: E402,F401,I001  (this checkout's tapegrad first)
 from bench_engine import GC, moons_data, moons_step  # noqa: E402
 
 import tapegrad  # noqa: E402

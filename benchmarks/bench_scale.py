@@ -36,6 +36,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import _checkout  # noqa: F401  (this checkout's tapegrad, in the workers too)
+
 GRAPHS = ("chain", "layered")
 MAX_BYTES_PER_ROW = 48
 MAX_LIVE_VALUES_CHAIN = 10
