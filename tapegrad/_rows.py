@@ -104,7 +104,7 @@ class Rows:
     """
 
     __slots__ = (
-        "name", "owner", "count", "limit", "_room", "vals", "stage", "_flushed", "_cap",
+        "name", "owner", "count", "limit", "_room", "vals", "grads", "stage", "_flushed", "_cap",
         "_op", "_a0", "_a1", "_c", "_val", "_lv", "_low", "_g",
         "_labels", "_custom", "_links", "_link_rows", "_reclaim", "_reclaim_min", "_reclaim_at",
         "_epoch", "_scope_names", "_scope_index", "_mark_rows", "_mark_ids", "_dropped",
@@ -124,6 +124,7 @@ class Rows:
         for col, dtype in _COLUMNS.items():
             setattr(self, col, np.zeros(self._cap, dtype))
         self.vals = memoryview(self._val)     # element access with Python floats
+        self.grads = memoryview(self._g)      # ... for the gradients too
         self._views: tuple | None = None        # memoryviews of the other columns
         self._labels: dict[int, str] = {}
         self._custom: dict[int, list] = {}      # custom rows: [op symbol, _backward closure]
@@ -285,6 +286,7 @@ class Rows:
             new[: self.count] = old[: self.count]
             setattr(self, col, new)
         self.vals = memoryview(self._val)
+        self.grads = memoryview(self._g)
         self._views = None
         self._cap = cap
 
@@ -395,10 +397,10 @@ class Rows:
         self.vals[i] = x
 
     def grad(self, i: int) -> float:
-        return float(self._g[i])
+        return self.grads[i]
 
     def set_grad(self, i: int, g: float) -> None:
-        self._g[i] = g
+        self.grads[i] = g
 
     def add_grads(self, rows: np.ndarray, g: np.ndarray) -> None:
         """``grad[rows] += g`` with repeated rows accumulated."""
@@ -521,10 +523,9 @@ class Rows:
         views = self._views
         if views is None:
             views = self._views = (memoryview(self._op), memoryview(self._a0),
-                                   memoryview(self._a1), memoryview(self._c),
-                                   memoryview(self._g))
-        opv, a0v, a1v, cv, gv = views
-        return self.stage, self._flushed, opv, a0v, a1v, cv, self.vals, gv
+                                   memoryview(self._a1), memoryview(self._c))
+        opv, a0v, a1v, cv = views
+        return self.stage, self._flushed, opv, a0v, a1v, cv, self.vals, self.grads
 
     def set_values(self, rows: np.ndarray, values: np.ndarray) -> None:
         self._val[rows] = values

@@ -101,12 +101,14 @@ class Value:
         (:meth:`Tape.forward`); Values computed before keep their values until then.
         """
         b = self._b
-        return b.rows.value(self._o - b.shift)
+        return b.rows.vals[self._o - b.shift]
 
     @data.setter
     def data(self, x: float) -> None:
+        if type(x) is not float:
+            x = as_number(x, "Value.data")
         b = self._b
-        b.rows.set_value(self._o - b.shift, as_number(x, "Value.data"))
+        b.rows.vals[self._o - b.shift] = x
 
     @property
     def grad(self) -> float:
@@ -116,12 +118,14 @@ class Value:
         ``zero_grad``) between steps.
         """
         b = self._b
-        return b.rows.grad(self._o - b.shift)
+        return b.rows.grads[self._o - b.shift]
 
     @grad.setter
     def grad(self, g: float) -> None:
+        if type(g) is not float:
+            g = as_number(g, "Value.grad")
         b = self._b
-        b.rows.set_grad(self._o - b.shift, as_number(g, "Value.grad"))
+        b.rows.grads[self._o - b.shift] = g
 
     @property
     def label(self) -> str:
