@@ -492,6 +492,8 @@ class _FoldedChains:
     side_cons: np.ndarray  # side edges: consumer rows, operand rows, flat partial index
     side_tgt: np.ndarray
     side_part: np.ndarray
+    start: int = 0       # position of rows[0, 0] in ``order``
+    side_at: np.ndarray | None = None   # side consumers' flat positions in ``rows``: lazy
 
 
 _DIFFERENTIABLE = DIFFERENTIABLE
@@ -586,7 +588,7 @@ class Backward:
             self.chains.setdefault(k, []).append(_FoldedChains(     # intp: no cast per call
                 out, (pred_slot[upper] * m + pos[:-1]).astype(np.intp),
                 np.concatenate(side_c), np.concatenate(side_t),
-                np.concatenate(side_p).astype(np.intp)))
+                np.concatenate(side_p).astype(np.intp), int(pos[0, 0])))
         self.keys = sorted(set(self.groups) | set(self.chains), reverse=True)
         n = plan.rows.size
         self._sweep = {}      # per level group: (a, b, consumers, targets, slots)
@@ -728,11 +730,15 @@ class Backward:
                               if anomaly else None)
         return adj
 
-    def run(self, values: np.ndarray, timing=None, anomaly: bool = False) -> np.ndarray:
+    def run(self, values: np.ndarray, timing=None, anomaly: bool = False,
+            chain_rows: bool = True) -> np.ndarray:
         """Adjoints (shaped like ``values``) of every local row, seeded 1 at the output.
 
         With ``anomaly``, :attr:`anomaly_found` is set to the first row in sweep order
         whose finite adjoint times a local partial is nan or inf (see :meth:`_anomaly`).
+        Without ``chain_rows``, the rows inside folded chains (evaluated rows with one
+        reader) keep adjoint 0, which saves a scatter per chain: for callers that read
+        leaves only. Adjoints of constant rows and of the sink are not kept.
         """
         if timing is not None:
             timing.lap("schedule")
@@ -740,6 +746,7 @@ class Backward:
         if timing is not None:
             timing.lap("partials")
         t0, t1, sweep, take = self.t0, self.t1, self._sweep, np.take
+        full = chain_rows or anomaly or not self.exact
         m = self.order.size
         pair = part.reshape((2, m) + part.shape[1:])     # [slot, position]
         adj = np.zeros(values.shape)
@@ -752,8 +759,19 @@ class Backward:
             for k in self.keys:
                 start = perf_counter() if timing is not None else 0.0
                 for ch in self.chains.get(k, ()):
-                    seq = np.concatenate((adj[ch.rows[:1]], take(part, ch.links, axis=0)))
-                    adj[ch.rows] = accumulate(np.multiply, seq)
+                    seq = np.empty(ch.rows.shape + values.shape[1:])
+                    seq[0] = adj[ch.rows[0]]
+                    take(part, ch.links, axis=0, out=seq[1:])
+                    chain_adj = accumulate(np.multiply, seq)
+                    if not full:          # the side edges read the chain's adjoints
+                        if ch.side_at is None:
+                            ch.side_at = np.where(ch.side_part >= m, ch.side_part - m,
+                                                  ch.side_part) - ch.start
+                        g = take(chain_adj.reshape((-1,) + values.shape[1:]), ch.side_at,
+                                 axis=0)
+                        np.add.at(adj, ch.side_tgt, take(part, ch.side_part, axis=0) * g)
+                        continue
+                    adj[ch.rows] = chain_adj
                     if reach is not None:
                         reach[ch.rows] = reach[ch.rows[:1]]
                     _scatter(adj, reach, ch.side_tgt, take(part, ch.side_part, axis=0),
