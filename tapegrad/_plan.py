@@ -395,17 +395,16 @@ class Plan:
         in those messages (label and scope).
         """
         describe = describe or (lambda row: "")
-        take = np.take              # cheaper than fancy indexing for gathers
         with np.errstate(all="ignore"):
             for step in self.steps:
                 start = perf_counter() if timing is not None else 0.0
                 if type(step) is _OpStep:
-                    values[step.out] = step.rule.forward(take(values, step.x, axis=0),
-                                                         take(values, step.y, axis=0))
+                    values[step.out] = step.rule.forward(values.take(step.x, axis=0),
+                                                         values.take(step.y, axis=0))
                 elif type(step) is _SequentialStep:
                     _run_sequential(step, values)
                 elif type(step) is _ChainStep:
-                    terms = take(values, step.terms, axis=0)
+                    terms = values.take(step.terms, axis=0)
                     if step.sign is not None:
                         terms *= _column(step.sign, terms)
                     ufunc = np.add if step.rule is ADD else np.multiply
@@ -506,13 +505,15 @@ class Backward:
     ancestors), compiled backward after a replay, and ``Function`` gradients. Single-
     reader chains of at least ``_FOLD_MIN`` rows whose rows follow one another are
     folded into a reversed cumulative product of their link partials; the other rows
-    go one level group at a time, highest level first, with one gather x partial ->
-    ``np.add.at`` per operand slot.
+    go one level group at a time, highest level first: one gather of the group's
+    adjoints, one multiply by both slots' partials and one ``np.add.at`` (a slot whose
+    operands are all constants or the sink is left out: their adjoints are not kept).
 
     All rows with partials are laid out once in :attr:`order`: the level groups first
     (highest level first, each a slice), then the folded chains. Partials are computed
     in that order into one flat array (slot 0 block, then slot 1), so every step of
-    the sweep reads slices.
+    the sweep reads slices; partials that are constants or operand values come from
+    one ``take`` (:meth:`_partials_schedule`).
 
     ``exact``: every row of the plan is an ancestor of the output. When not, a reach
     mask travels with the adjoints so that rows that do not reach the output neither
@@ -575,7 +576,7 @@ class Backward:
         self.chains: dict[int, list[_FoldedChains]] = {}
         at = rest.size                       # where each block's rows sit in ``order``
         for (k, _), out in zip(by_shape, blocks):
-            pos = np.arange(at, at + out.size, dtype=index).reshape(out.shape)
+            pos = np.arange(at, at + out.size).reshape(out.shape)   # intp: no cast per call
             at += out.size
             upper = out[:-1]
             side_c, side_t, side_p = [], [], []
@@ -585,10 +586,9 @@ class Backward:
                 side_c.append(out[use])
                 side_t.append(operand[out][use])
                 side_p.append(slot * m + pos[use])
-            self.chains.setdefault(k, []).append(_FoldedChains(     # intp: no cast per call
-                out, (pred_slot[upper] * m + pos[:-1]).astype(np.intp),
-                np.concatenate(side_c), np.concatenate(side_t),
-                np.concatenate(side_p).astype(np.intp), int(pos[0, 0])))
+            self.chains.setdefault(k, []).append(_FoldedChains(
+                out, pred_slot[upper] * m + pos[:-1],
+                *map(np.concatenate, (side_c, side_t, side_p)), int(pos[0, 0])))
         self.keys = sorted(set(self.groups) | set(self.chains), reverse=True)
         n = plan.rows.size
         self._sweep = {}      # per level group: (a, b, consumers, targets, slots)
@@ -641,21 +641,21 @@ class Backward:
         ext[:values.shape[0]] = values
         ext[values.shape[0]:] = _column(self._consts, values)
         if timing is None:
-            part = np.take(ext, self._gather, axis=0)
+            part = ext.take(self._gather, axis=0)
         else:                                  # the same gather, op by op
             part = np.zeros((self._gather.size,) + values.shape[1:])
             m = self.order.size
             for rule, at in self._gathered:
                 start = perf_counter()
                 pos = np.concatenate((at, m + at))
-                part[pos] = np.take(ext, self._gather[pos], axis=0)
+                part[pos] = ext.take(self._gather[pos], axis=0)
                 timing.op(rule.name, at.size, perf_counter() - start)
         with np.errstate(all="ignore"):
             for rule, at, at1, t0, t1, out in self._computed:
                 start = perf_counter() if timing is not None else 0.0
-                d0, d1 = rule.partials(None if t0 is None else np.take(values, t0, axis=0),
-                                       None if t1 is None else np.take(values, t1, axis=0),
-                                       None if out is None else np.take(values, out, axis=0))
+                d0, d1 = rule.partials(None if t0 is None else values.take(t0, axis=0),
+                                       None if t1 is None else values.take(t1, axis=0),
+                                       None if out is None else values.take(out, axis=0))
                 part[at] = d0
                 if at1 is not None:
                     part[at1] = d1
@@ -745,7 +745,7 @@ class Backward:
         part = self.partials(values, timing)
         if timing is not None:
             timing.lap("partials")
-        t0, t1, sweep, take = self.t0, self.t1, self._sweep, np.take
+        t0, t1, sweep = self.t0, self.t1, self._sweep
         full = chain_rows or anomaly or not self.exact
         m = self.order.size
         pair = part.reshape((2, m) + part.shape[1:])     # [slot, position]
@@ -761,25 +761,25 @@ class Backward:
                 for ch in self.chains.get(k, ()):
                     seq = np.empty(ch.rows.shape + values.shape[1:])
                     seq[0] = adj[ch.rows[0]]
-                    take(part, ch.links, axis=0, out=seq[1:])
+                    part.take(ch.links, axis=0, out=seq[1:])
                     chain_adj = accumulate(np.multiply, seq)
                     if not full:          # the side edges read the chain's adjoints
                         if ch.side_at is None:
                             ch.side_at = np.where(ch.side_part >= m, ch.side_part - m,
                                                   ch.side_part) - ch.start
-                        g = take(chain_adj.reshape((-1,) + values.shape[1:]), ch.side_at,
-                                 axis=0)
-                        np.add.at(adj, ch.side_tgt, take(part, ch.side_part, axis=0) * g)
+                        flat = chain_adj.reshape((-1,) + values.shape[1:])
+                        g = flat.take(ch.side_at, axis=0)
+                        np.add.at(adj, ch.side_tgt, part.take(ch.side_part, axis=0) * g)
                         continue
                     adj[ch.rows] = chain_adj
                     if reach is not None:
                         reach[ch.rows] = reach[ch.rows[:1]]
-                    _scatter(adj, reach, ch.side_tgt, take(part, ch.side_part, axis=0),
+                    _scatter(adj, reach, ch.side_tgt, part.take(ch.side_part, axis=0),
                              ch.side_cons)
                 group = sweep.get(k)
                 if group is not None:
                     a, b, cons, tgt, slots = group
-                    g = take(adj, cons, axis=0)
+                    g = adj.take(cons, axis=0)
                     w = (pair[:, a:b] if slots == 2 else part[slots * m + a: slots * m + b]) * g
                     if reach is not None:      # no 0 * inf = nan from rows off the root
                         dead = ~reach[cons]
@@ -837,7 +837,7 @@ def _scatter(adj: np.ndarray, reach: np.ndarray | None, tgt: np.ndarray, part: n
              cons: np.ndarray) -> None:
     """``adj[tgt] += part * adj[cons]`` with repeated targets accumulated; with a reach
     mask, only from consumers that reach the output (and marking their targets)."""
-    g = np.take(adj, cons, axis=0)
+    g = adj.take(cons, axis=0)
     w = part * g
     if reach is not None:
         live = reach[cons]
