@@ -421,11 +421,12 @@ class Plan:
             for step in self.steps:
                 start = perf_counter() if timing is not None else 0.0
                 if type(step) is _OpStep:
-                    values[step.out] = step.rule.forward(values[step.x], values[step.y])
+                    values[step.out] = step.rule.forward(values.take(step.x, axis=0),
+                                                         values.take(step.y, axis=0))
                 elif type(step) is _SequentialStep:
                     _run_sequential(step, values)
                 elif type(step) is _ChainStep:
-                    terms = values[step.terms]
+                    terms = values.take(step.terms, axis=0)
                     if step.sign is not None:
                         terms *= _column(step.sign, terms)
                     ufunc = np.add if step.rule is ADD else np.multiply
@@ -512,6 +513,8 @@ class _FoldedChains:
     side_cons: np.ndarray  # side edges: consumer rows, operand rows, flat partial index
     side_tgt: np.ndarray
     side_part: np.ndarray
+    start: int = 0       # position of rows[0, 0] in ``order``
+    side_at: np.ndarray | None = None   # side consumers' flat positions in ``rows``: lazy
 
 
 _DIFFERENTIABLE = DIFFERENTIABLE
@@ -553,13 +556,15 @@ class Backward:
     ancestors), compiled backward after a replay, and ``Function`` gradients. Single-
     reader chains of at least ``_FOLD_MIN`` rows whose rows follow one another are
     folded into a reversed cumulative product of their link partials; the other rows
-    go one level group at a time, highest level first, with one gather x partial ->
-    ``np.add.at`` per operand slot.
+    go one level group at a time, highest level first: one gather of the group's
+    adjoints, one multiply by both slots' partials and one ``np.add.at`` (a slot whose
+    operands are all constants or the sink is left out: their adjoints are not kept).
 
     All rows with partials are laid out once in :attr:`order`: the level groups first
     (highest level first, each a slice), then the folded chains. Partials are computed
     in that order into one flat array (slot 0 block, then slot 1), so every step of
-    the sweep reads slices.
+    the sweep reads slices; partials that are constants or operand values come from
+    one ``take`` (:meth:`_partials_schedule`).
 
     ``exact``: every row of the plan is an ancestor of the output. When not, a reach
     mask travels with the adjoints so that rows that do not reach the output neither
@@ -635,7 +640,8 @@ class Backward:
             upper = out[:-1]
             # the operand slot each link reads (None: slot 0, all of them)
             slots = None if pred_slot is None else pred_slot[upper]
-            links = np.arange(at, at + upper.size, dtype=index).reshape(upper.shape)
+            # intp, as every index the sweep reads per call (int32 would cost a cast each)
+            links = np.arange(at, at + upper.size, dtype=np.intp).reshape(upper.shape)
             if slots is not None and slots.any():
                 links += slots * m
             side_c, side_t, side_p = [], [], []
@@ -647,28 +653,80 @@ class Backward:
                     use[:-1] = False
                 side_c.append(out[use])
                 side_t.append(operand[use])
-                side_p.append((slot * m + at + np.flatnonzero(use)).astype(index))
+                side_p.append(slot * m + at + np.flatnonzero(use))
             at += out.size
             self.chains.setdefault(k, []).append(_FoldedChains(
-                out, links, *map(np.concatenate, (side_c, side_t, side_p))))
+                out, links, *map(np.concatenate, (side_c, side_t, side_p)), at - out.size))
         self.keys = sorted(set(self.groups) | set(self.chains), reverse=True)
+        n = plan.rows.size
+        self._sweep = {}      # per level group: (a, b, consumers, targets, slots)
+        for k, (a, b) in self.groups.items():
+            used = (self.t0[a:b] < n).any(), (self.t1[a:b] < n).any()
+            slots = 2 if all(used) else int(used[1])    # 2: both; adjoints of constants
+            tgt = (np.concatenate((self.t0[a:b], self.t1[a:b])) if slots == 2  # unkept
+                   else (self.t0, self.t1)[slots][a:b])
+            self._sweep[k] = (a, b, order[a:b], tgt, slots)
+        self._gather: np.ndarray | None = None      # see _partials_schedule
+
+    def _partials_schedule(self) -> None:
+        """Built on first use: partials that are constants (``+``, ``-``, ``neg``) or
+        operand values (``*``) come from ONE ``np.take`` of the values extended by the
+        constants (:attr:`_gather`, 2m entries); the other ops are computed per call
+        from precomputed operand rows (:attr:`_computed`)."""
+        m, size = self.order.size, self.plan.size
+        consts = [0.0]                          # slot 1 of unary ops: zero, as before
+        gather = np.full(2 * m, size, np.intp)
+        computed, gathered = [], []
+        for rule, at in self.by_op:
+            if rule is MUL:
+                gather[at], gather[m + at] = self.t1[at], self.t0[at]
+                gathered.append((rule, at))
+                continue
+            if not rule.reads:
+                d = rule.partials(None, None, None)
+                if all(np.ndim(v) == 0 for v in d):
+                    for slot, v in enumerate(d[:rule.arity]):
+                        if v not in consts:
+                            consts.append(v)
+                        gather[slot * m + at] = size + consts.index(v)
+                    gathered.append((rule, at))
+                    continue
+            operands = "x" in rule.reads or "y" in rule.reads
+            computed.append((rule, at, m + at if rule.arity == 2 else None,
+                             self.t0[at] if operands else None,
+                             self.t1[at] if operands else None,
+                             self.order[at] if "o" in rule.reads else None))
+        self._consts = np.array(consts, float)
+        self._gather = gather
+        self._computed = computed
+        self._gathered = gathered      # (rule, positions): for the timed path, op by op
 
     def partials(self, values: np.ndarray, timing=None) -> np.ndarray:
         """Local partials of the rows in :attr:`order`, flat: slot 0 block, then slot 1."""
-        order, t0, t1 = self.order, self.t0, self.t1
-        m = order.size
-        part = np.zeros((2 * m,) + values.shape[1:])
+        if self._gather is None:
+            self._partials_schedule()
+        ext = np.empty((values.shape[0] + self._consts.size,) + values.shape[1:])
+        ext[:values.shape[0]] = values
+        ext[values.shape[0]:] = _column(self._consts, values)
+        if timing is None:
+            part = ext.take(self._gather, axis=0)
+        else:                                  # the same gather, op by op
+            part = np.zeros((self._gather.size,) + values.shape[1:])
+            m = self.order.size
+            for rule, at in self._gathered:
+                start = perf_counter()
+                pos = np.concatenate((at, m + at))
+                part[pos] = ext.take(self._gather[pos], axis=0)
+                timing.op(rule.name, at.size, perf_counter() - start)
         with np.errstate(all="ignore"):
-            for rule, at in self.by_op:
+            for rule, at, at1, t0, t1, out in self._computed:
                 start = perf_counter() if timing is not None else 0.0
-                operands = "x" in rule.reads or "y" in rule.reads
-                x = values[t0[at]] if operands else None
-                y = values[t1[at]] if operands else None
-                out = values[order[at]] if "o" in rule.reads else None
-                d0, d1 = rule.partials(x, y, out)
+                d0, d1 = rule.partials(None if t0 is None else values.take(t0, axis=0),
+                                       None if t1 is None else values.take(t1, axis=0),
+                                       None if out is None else values.take(out, axis=0))
                 part[at] = d0
-                if rule.arity == 2:
-                    part[m + at] = d1
+                if at1 is not None:
+                    part[at1] = d1
                 if timing is not None:
                     timing.op(rule.name, at.size, perf_counter() - start)
         return part
@@ -740,19 +798,25 @@ class Backward:
                               if anomaly else None)
         return adj
 
-    def run(self, values: np.ndarray, timing=None, anomaly: bool = False) -> np.ndarray:
+    def run(self, values: np.ndarray, timing=None, anomaly: bool = False,
+            chain_rows: bool = True) -> np.ndarray:
         """Adjoints (shaped like ``values``) of every local row, seeded 1 at the output.
 
         With ``anomaly``, :attr:`anomaly_found` is set to the first row in sweep order
         whose finite adjoint times a local partial is nan or inf (see :meth:`_anomaly`).
+        Without ``chain_rows``, the rows inside folded chains (evaluated rows with one
+        reader) keep adjoint 0, which saves a scatter per chain: for callers that read
+        leaves only. Adjoints of constant rows and of the sink are not kept.
         """
         if timing is not None:
             timing.lap("schedule")
         part = self.partials(values, timing)
         if timing is not None:
             timing.lap("partials")
-        order, t0, t1 = self.order, self.t0, self.t1
-        m = order.size
+        t0, t1, sweep = self.t0, self.t1, self._sweep
+        full = chain_rows or anomaly or not self.exact
+        m = self.order.size
+        pair = part.reshape((2, m) + part.shape[1:])     # [slot, position]
         adj = np.zeros(values.shape)
         adj[self.output] = 1.0
         reach = None
@@ -763,25 +827,37 @@ class Backward:
             for k in self.keys:
                 start = perf_counter() if timing is not None else 0.0
                 for ch in self.chains.get(k, ()):
-                    seq = np.concatenate((adj[ch.rows[:1]], part[ch.links]), axis=0)
-                    adj[ch.rows] = accumulate(np.multiply, seq)
+                    seq = np.empty(ch.rows.shape + values.shape[1:])
+                    seq[0] = adj[ch.rows[0]]
+                    part.take(ch.links, axis=0, out=seq[1:])
+                    chain_adj = accumulate(np.multiply, seq)
+                    if not full:          # the side edges read the chain's adjoints
+                        if ch.side_at is None:
+                            ch.side_at = np.where(ch.side_part >= m, ch.side_part - m,
+                                                  ch.side_part) - ch.start
+                        flat = chain_adj.reshape((-1,) + values.shape[1:])
+                        g = flat.take(ch.side_at, axis=0)
+                        np.add.at(adj, ch.side_tgt, part.take(ch.side_part, axis=0) * g)
+                        continue
+                    adj[ch.rows] = chain_adj
                     if reach is not None:
                         reach[ch.rows] = reach[ch.rows[:1]]
-                    _scatter(adj, reach, ch.side_tgt, part[ch.side_part], ch.side_cons)
-                group = self.groups.get(k)
+                    _scatter(adj, reach, ch.side_tgt, part.take(ch.side_part, axis=0),
+                             ch.side_cons)
+                group = sweep.get(k)
                 if group is not None:
-                    a, b = group
-                    cons = order[a:b]
-                    g = adj[cons]
-                    w0, w1 = part[a:b] * g, part[m + a: m + b] * g
+                    a, b, cons, tgt, slots = group
+                    g = adj.take(cons, axis=0)
+                    w = (pair[:, a:b] if slots == 2 else part[slots * m + a: slots * m + b]) * g
                     if reach is not None:      # no 0 * inf = nan from rows off the root
                         dead = ~reach[cons]
-                        w0[dead] = 0.0
-                        w1[dead] = 0.0
+                        if slots == 2:
+                            w[:, dead] = 0.0
+                        else:
+                            w[dead] = 0.0
                         reach[t0[a:b][~dead]] = True
                         reach[t1[a:b][~dead]] = True
-                    np.add.at(adj, t0[a:b], w0)
-                    np.add.at(adj, t1[a:b], w1)
+                    np.add.at(adj, tgt, w.reshape((-1,) + g.shape[1:]))
                 if timing is not None:
                     size = sum(ch.rows.size for ch in self.chains.get(k, ()))
                     size += group[1] - group[0] if group is not None else 0
@@ -829,7 +905,7 @@ def _scatter(adj: np.ndarray, reach: np.ndarray | None, tgt: np.ndarray, part: n
              cons: np.ndarray) -> None:
     """``adj[tgt] += part * adj[cons]`` with repeated targets accumulated; with a reach
     mask, only from consumers that reach the output (and marking their targets)."""
-    g = adj[cons]
+    g = adj.take(cons, axis=0)
     w = part * g
     if reach is not None:
         live = reach[cons]

@@ -358,7 +358,7 @@ class Function:
         for part in self._chunks(batch):
             values = self._values(part)
             self._run(values)
-            adj = self._backward.run(values, anomaly=anomaly)
+            adj = self._backward.run(values, anomaly=anomaly, chain_rows=False)
             found = self._backward.anomaly_found
             if found is not None:
                 local, slot, partial, grad = found
