@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _checkout  # noqa: E402,F401,I001  (this checkout's tapegrad first)
-from bench_engine import GC, moons_data, moons_step  # noqa: E402
+from bench_engine import GC, collect_if_off, moons_data, moons_step  # noqa: E402
 
 import tapegrad  # noqa: E402
 import tapegrad.nn  # noqa: E402
@@ -45,6 +45,7 @@ except ImportError:  # pragma: no cover
 def best(fn, repeat: int) -> float:
     times = []
     for _ in range(repeat):
+        collect_if_off()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
