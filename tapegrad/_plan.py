@@ -50,6 +50,8 @@ _SEQUENTIAL_MIN = 64      # mixed-op chains at least this long run row by row ..
 _SEQUENTIAL_WIDTH = 8     # ... when their levels hold at most this many rows
 _FOLD_MIN = 8             # the backward folds single-reader chains of at least this length
 _BINARY = BINARY                # shared with tapegrad.ops: grows with defop()
+_IS_SUM = np.zeros(BINARY.size, bool)   # by opcode: + and -
+_IS_SUM[list(_SUM_FAMILY)] = True
 
 
 def _run_sequential(step: _SequentialStep, values: np.ndarray) -> None:
@@ -360,7 +362,7 @@ class Plan:
             family = ADD.code if self.op[path[0]] in _SUM_FAMILY else MUL.code
             by_shape.setdefault((int(self.level[path[-1]]), path.size, family), []).append(path)
         for (key, length, family), paths in by_shape.items():
-            out = np.array(paths).T
+            out = np.ascontiguousarray(np.array(paths).T)   # a strided index scatters 2x slower
             terms = np.empty((length + 1, out.shape[1]), np.int64)
             sign = np.ones(terms.shape)
             bottom = out[0]
@@ -514,7 +516,12 @@ class _FoldedChains:
     side_tgt: np.ndarray
     side_part: np.ndarray
     start: int = 0       # position of rows[0, 0] in ``order``
-    side_at: np.ndarray | None = None   # side consumers' flat positions in ``rows``: lazy
+    # found on the first sweep (:meth:`Backward._constant_links`):
+    ones_from: int | None = None   # links from this chain position on are all 1 (sums)
+    side_scaled: np.ndarray | None = None  # side edges whose partial is not 1 (positions,
+    side_scaled_part: np.ndarray | None = None  # flat partial index); None: all of them
+    side_at: np.ndarray | None = None   # side consumers' flat positions in the running
+                                        # product's first ``ones_from + 1`` rows
 
 
 _DIFFERENTIABLE = DIFFERENTIABLE
@@ -547,6 +554,29 @@ def _single_reader_links(plan: Plan, rows: np.ndarray, in_rows: np.ndarray | sli
             pred[rows[ok1]] = p1[ok1]
             pred_slot[rows[ok1]] = 1
     return pred, pred_slot
+
+
+def _fold_paths(plan: Plan, pred: np.ndarray, in_rows: np.ndarray | slice) -> list[np.ndarray]:
+    """The single-reader chains the backward folds: :func:`_graph.runs` of ``pred``
+    (recurrences of any ops), then the runs of the sum links (``+``/``-`` reading
+    ``+``/``-``) among the rows left. The second pass finds sums whose rows interleave
+    with other short paths, as a neuron's ``w * x`` rows interleave with its running
+    sum when ``x`` has one reader (micrograd's order)."""
+    paths = _graph.runs(pred, _FOLD_MIN)
+    is_sum = np.zeros(plan.size, bool)
+    is_sum[in_rows] = _IS_SUM[plan.op[in_rows]]
+    if paths:
+        is_sum[np.concatenate(paths)] = False
+    sums = np.count_nonzero(is_sum)
+    if sums < _FOLD_MIN:
+        return paths
+    linked = pred >= 0
+    linked &= is_sum
+    linked &= is_sum[pred]
+    if np.count_nonzero(linked) < _FOLD_MIN - 1:
+        return paths
+    sum_pred = np.where(linked, pred, -1).astype(pred.dtype, copy=False)
+    return paths + _graph.runs(sum_pred, _FOLD_MIN)
 
 
 class Backward:
@@ -596,7 +626,7 @@ class Backward:
         key = plan.level
         folded = np.zeros(size, bool)
         by_shape: dict[tuple[int, int], list[np.ndarray]] = {}
-        for path in _graph.runs(pred, _FOLD_MIN):
+        for path in _fold_paths(plan, pred, in_rows):
             folded[_graph.as_slice(path)] = True
             by_shape.setdefault((int(key[path[-1]]), path.size), []).append(path)
         rest = rows[~folded[in_rows]]
@@ -827,23 +857,7 @@ class Backward:
             for k in self.keys:
                 start = perf_counter() if timing is not None else 0.0
                 for ch in self.chains.get(k, ()):
-                    seq = np.empty(ch.rows.shape + values.shape[1:])
-                    seq[0] = adj[ch.rows[0]]
-                    part.take(ch.links, axis=0, out=seq[1:])
-                    chain_adj = accumulate(np.multiply, seq)
-                    if not full:          # the side edges read the chain's adjoints
-                        if ch.side_at is None:
-                            ch.side_at = np.where(ch.side_part >= m, ch.side_part - m,
-                                                  ch.side_part) - ch.start
-                        flat = chain_adj.reshape((-1,) + values.shape[1:])
-                        g = flat.take(ch.side_at, axis=0)
-                        np.add.at(adj, ch.side_tgt, part.take(ch.side_part, axis=0) * g)
-                        continue
-                    adj[ch.rows] = chain_adj
-                    if reach is not None:
-                        reach[ch.rows] = reach[ch.rows[:1]]
-                    _scatter(adj, reach, ch.side_tgt, part.take(ch.side_part, axis=0),
-                             ch.side_cons)
+                    self._fold(ch, adj, part, reach, full)
                 group = sweep.get(k)
                 if group is not None:
                     a, b, cons, tgt, slots = group
@@ -867,6 +881,52 @@ class Backward:
         self.reached = reach
         self.anomaly_found = self._anomaly(adj, part, reach) if anomaly else None
         return adj
+
+    def _fold(self, ch: _FoldedChains, adj: np.ndarray, part: np.ndarray,
+              reach: np.ndarray | None, full: bool) -> None:
+        """Adjoints down one block of folded chains, then its side edges. A row's
+        adjoint is its chain top's times the link partials down to it (a running
+        product); where the remaining links are all 1 (a sum), the rows below share
+        one adjoint and the product stops there. Without ``full``, the side edges read
+        the running product and the chain rows' own adjoints are not written."""
+        if ch.ones_from is None:
+            self._constant_links(ch)
+        j = ch.ones_from
+        seq = np.empty((j + 1,) + ch.rows.shape[1:] + adj.shape[1:])
+        seq[0] = adj[ch.rows[0]]
+        part.take(ch.links[:j], axis=0, out=seq[1:])
+        head = accumulate(np.multiply, seq)
+        if full:
+            adj[ch.rows[:j + 1]] = head
+            adj[ch.rows[j + 1:]] = head[j]
+            if reach is not None:
+                reach[ch.rows] = reach[ch.rows[:1]]
+            g = adj.take(ch.side_cons, axis=0)
+        else:
+            g = head.reshape((-1,) + adj.shape[1:]).take(ch.side_at, axis=0)
+        if ch.side_scaled is None:
+            g *= part.take(ch.side_part, axis=0)
+        elif ch.side_scaled.size:
+            g[ch.side_scaled] *= part.take(ch.side_scaled_part, axis=0)
+        if reach is not None:
+            live = reach[ch.side_cons]
+            g[~live] = 0.0
+            reach[ch.side_tgt[live]] = True
+        np.add.at(adj, ch.side_tgt, g)
+
+    def _constant_links(self, ch: _FoldedChains) -> None:
+        """Fill in ``ch``'s :attr:`~_FoldedChains.ones_from`, ``side_scaled`` and
+        ``side_at`` from which partials the schedule takes from the constant 1."""
+        at_one = np.flatnonzero(self._consts == 1.0)
+        one = self.plan.size + int(at_one[0]) if at_one.size else -1
+        varies = np.flatnonzero(~(self._gather[ch.links] == one).all(axis=1))
+        ch.ones_from = j = int(varies[-1]) + 1 if varies.size else 0
+        scaled = np.flatnonzero(self._gather[ch.side_part] != one)
+        if scaled.size < ch.side_part.size:
+            ch.side_scaled, ch.side_scaled_part = scaled, ch.side_part[scaled]
+        m, width = self.order.size, ch.rows.shape[1]
+        flat = np.where(ch.side_part >= m, ch.side_part - m, ch.side_part) - ch.start
+        ch.side_at = np.minimum(flat // width, j) * width + flat % width
 
     def _anomaly(self, adj: np.ndarray, part: np.ndarray,
                  reach: np.ndarray | None) -> tuple[int, int, float, float] | None:
@@ -899,19 +959,6 @@ class Backward:
             k = int(np.flatnonzero(~np.isfinite(p * gf))[0])
             p, gf = p[k], gf[k]
         return int(rows[first]), slot, float(p), float(gf)
-
-
-def _scatter(adj: np.ndarray, reach: np.ndarray | None, tgt: np.ndarray, part: np.ndarray,
-             cons: np.ndarray) -> None:
-    """``adj[tgt] += part * adj[cons]`` with repeated targets accumulated; with a reach
-    mask, only from consumers that reach the output (and marking their targets)."""
-    g = adj.take(cons, axis=0)
-    w = part * g
-    if reach is not None:
-        live = reach[cons]
-        w[~live] = 0.0
-        reach[tgt[live]] = True
-    np.add.at(adj, tgt, w)
 
 
 class Directional:

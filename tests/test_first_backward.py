@@ -7,6 +7,7 @@ takes the closed interval; ``SMALL_ROWS`` is set to 0 to keep the small path out
 """
 
 import math
+import random
 
 import numpy as np
 import pytest
@@ -135,6 +136,63 @@ def test_interval_rows_that_do_not_reach_the_root(monkeypatch):
     inner, leaves = check(make, monkeypatch)
     assert leaves[1] == 0.0
     assert all(math.isfinite(g) for g in inner)
+
+
+def _two_layer_net(samples: int, width: int = 12, guard: bool = False):
+    """micrograd's neurons, scalar by scalar: the hidden units' relus have one reader
+    each, so the output neuron's ``w * h`` rows (short single-reader paths of their
+    own) interleave with its running sum; a hidden sum is folded with its relu (a
+    link that is not 1) and its ``w * x`` rows (side partials that are not 1). The
+    loss multiplies by a label and subtracts (slot-1 partial -1)."""
+    rng = random.Random(7)
+    w1 = [[Value(rng.uniform(-1, 1)) for _ in range(8)] for _ in range(width)]
+    b1 = [Value(rng.uniform(-0.5, 0.5)) for _ in range(width)]
+    w2 = [Value(rng.uniform(-1, 1)) for _ in range(width)]
+    b2 = Value(0.25)
+    inner, losses = [], []
+    for _ in range(samples):
+        x = [rng.uniform(-1, 1) for _ in range(8)]
+        hidden = [sum((wi * xi for wi, xi in zip(w, x)), b).relu() for w, b in zip(w1, b1)]
+        if guard:
+            _ = hidden[0] > -1e9          # a checked comparison: the plan is not exact
+        out = sum((wi * hi for wi, hi in zip(w2, hidden)), b2)
+        inner += hidden + [out]
+        label = Value(rng.choice([-1.0, 1.0]))    # out * label: a link and a side edge
+        losses.append((1.0 - out * label).relu() * 0.5)    # that are not 1
+    root = sum(losses)
+    params = [v for row in w1 for v in row] + b1 + w2 + [b2]
+    return params, inner, root
+
+
+def test_interleaved_neuron_sums_fold_and_match_the_reference(monkeypatch):
+    """The second folding pass takes sums whose rows interleave with other paths. Its
+    blocks skip the running product where links are 1 and multiply only the side
+    partials that are not 1; every row's gradient equals the small sweep's."""
+    check(lambda: _two_layer_net(samples=40), monkeypatch)
+    from tapegrad import Function
+    for guard in (False, True):
+        with Tape():
+            params, _, root = _two_layer_net(samples=40, guard=guard)
+        f = Function(inputs=params, outputs=root)
+        theta = np.array([p.data for p in params])
+        _, grad = f.value_and_grad(theta)
+        back = f._backward
+        assert back.exact is not guard
+        blocks = [ch for chs in back.chains.values() for ch in chs]
+        assert any(ch.rows.shape[0] >= 12 and ch.rows.shape[1] == 40    # the output sums
+                   for ch in blocks)
+        assert any(0 < ch.ones_from < ch.rows.shape[0] - 1 for ch in blocks)
+        assert any(ch.side_scaled is not None and 0 < ch.side_scaled.size < ch.side_part.size
+                   for ch in blocks)
+        monkeypatch.setattr(_sweep, "SMALL_ROWS", 10**9)
+        with Tape():
+            params, _, root = _two_layer_net(samples=40, guard=guard)
+            root.backward()
+        np.testing.assert_allclose(grad, [p.grad for p in params], rtol=1e-12, atol=1e-300)
+        values = f._values(theta[None, :])
+        f._run(values)
+        full, leaves_only = back.run(values), back.run(values, chain_rows=False)
+        assert np.array_equal(full[f._in_local], leaves_only[f._in_local])
 
 
 def test_the_same_graph_recorded_again_reuses_the_schedule(monkeypatch):
