@@ -76,16 +76,17 @@ def _column(a: np.ndarray, like: np.ndarray) -> np.ndarray:
     return a.reshape(a.shape + (1,) * (like.ndim - a.ndim))
 
 
-def accumulate(ufunc: np.ufunc, a: np.ndarray) -> np.ndarray:
-    """``ufunc.accumulate(a, axis=0)``: running sums/products down the first axis.
+def accumulate(ufunc: np.ufunc, a: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """``ufunc.accumulate(a, axis=0)``: running sums/products down the first axis
+    (written over ``a`` with ``in_place``).
 
     NumPy's accumulate runs element by element (about 4 ns each here); with many
     columns, one vectorized call per row is several times faster. Both combine the
     terms in the same order, so the results are identical.
     """
     if a.shape[0] < 2 or a[0].size < 256:
-        return ufunc.accumulate(a, axis=0)
-    out = np.empty_like(a)
+        return ufunc.accumulate(a, axis=0, out=a if in_place else None)
+    out = a if in_place else np.empty_like(a)
     out[0] = a[0]
     for j in range(1, a.shape[0]):
         ufunc(out[j - 1], a[j], out=out[j])
@@ -510,8 +511,9 @@ class Plan:
 @dataclass
 class _FoldedChains:
     rows: np.ndarray     # (L, G) local rows: chain position, top first, x chain
-    links: np.ndarray    # (L - 1, G) flat partial index of each row (top first, not the
-                         # bottom) w.r.t. its predecessor
+    links: np.ndarray | None  # (L - 1, G) flat partial index of each row (top first,
+                         # not the bottom) w.r.t. its predecessor; None: the slot-0
+                         # partials of the block's own positions (``link_index``)
     side_cons: np.ndarray  # side edges: consumer rows, operand rows, flat partial index
     side_tgt: np.ndarray
     side_part: np.ndarray
@@ -522,6 +524,14 @@ class _FoldedChains:
     side_scaled_part: np.ndarray | None = None  # flat partial index); None: all of them
     side_at: np.ndarray | None = None   # side consumers' flat positions in the running
                                         # product's first ``ones_from + 1`` rows
+
+    def link_index(self, j: int | None = None) -> np.ndarray | slice:
+        """Where the partials of the first ``j`` link rows (all: None) sit in the flat
+        partials: an index array, or a slice when every link reads slot 0."""
+        upper = self.rows.shape[0] - 1 if j is None else j
+        if self.links is not None:
+            return self.links[:upper]
+        return slice(self.start, self.start + upper * self.rows.shape[1])
 
 
 _DIFFERENTIABLE = DIFFERENTIABLE
@@ -565,8 +575,11 @@ def _fold_paths(plan: Plan, pred: np.ndarray, in_rows: np.ndarray | slice) -> li
     paths = _graph.runs(pred, _FOLD_MIN)
     is_sum = np.zeros(plan.size, bool)
     is_sum[in_rows] = _IS_SUM[plan.op[in_rows]]
-    if paths:
+    if len(paths) > 64:
         is_sum[np.concatenate(paths)] = False
+    else:                               # a few (long) paths: slices, no index copies
+        for path in paths:
+            is_sum[_graph.as_slice(path)] = False
     sums = np.count_nonzero(is_sum)
     if sums < _FOLD_MIN:
         return paths
@@ -585,7 +598,8 @@ class Backward:
     The one backward schedule of tapegrad, for eager ``backward()`` (over the root's
     ancestors), compiled backward after a replay, and ``Function`` gradients. Single-
     reader chains of at least ``_FOLD_MIN`` rows whose rows follow one another are
-    folded into a reversed cumulative product of their link partials; the other rows
+    folded into a reversed cumulative product of their link partials
+    (:func:`_fold_paths`, :meth:`_fold`); the other rows
     go one level group at a time, highest level first: one gather of the group's
     adjoints, one multiply by both slots' partials and one ``np.add.at`` (a slot whose
     operands are all constants or the sink is left out: their adjoints are not kept).
@@ -670,9 +684,10 @@ class Backward:
             upper = out[:-1]
             # the operand slot each link reads (None: slot 0, all of them)
             slots = None if pred_slot is None else pred_slot[upper]
-            # intp, as every index the sweep reads per call (int32 would cost a cast each)
-            links = np.arange(at, at + upper.size, dtype=np.intp).reshape(upper.shape)
+            links = None                     # every link in slot 0: positions at, at + 1, ...
             if slots is not None and slots.any():
+                # intp, as every index the sweep reads per call (int32 costs a cast each)
+                links = np.arange(at, at + upper.size, dtype=np.intp).reshape(upper.shape)
                 links += slots * m
             side_c, side_t, side_p = [], [], []
             for slot, operand in enumerate(operands):
@@ -727,6 +742,8 @@ class Backward:
                              self.t1[at] if operands else None,
                              self.order[at] if "o" in rule.reads else None))
         self._consts = np.array(consts, float)
+        # where the gather reads the constant 1 (-1: nowhere), see _constant_links
+        self._one = size + consts.index(1.0) if 1.0 in consts else -1
         self._gather = gather
         self._computed = computed
         self._gathered = gathered      # (rule, positions): for the timed path, op by op
@@ -802,7 +819,10 @@ class Backward:
         for k in self.keys:
             for ch in self.chains.get(k, ()):
                 top = tops[id(ch)]
-                seq = be.xp.concat((be.take(adj, top), be.take(part, ch.links)), axis=0)
+                links = ch.link_index()
+                if isinstance(links, slice):
+                    links = np.arange(links.start, links.stop).reshape(ch.rows[1:].shape)
+                seq = be.xp.concat((be.take(adj, top), be.take(part, links)), axis=0)
                 adj = be.put(adj, ch.rows, be.cumulative(True, seq))
                 if reach is not None:
                     reach[ch.rows] = reach[ch.rows[:1]]
@@ -894,8 +914,12 @@ class Backward:
         j = ch.ones_from
         seq = np.empty((j + 1,) + ch.rows.shape[1:] + adj.shape[1:])
         seq[0] = adj[ch.rows[0]]
-        part.take(ch.links[:j], axis=0, out=seq[1:])
-        head = accumulate(np.multiply, seq)
+        links = ch.link_index(j)
+        if isinstance(links, slice):
+            seq[1:] = part[links].reshape(seq[1:].shape)
+        else:
+            part.take(links, axis=0, out=seq[1:])
+        head = accumulate(np.multiply, seq, in_place=True)
         if full:
             adj[ch.rows[:j + 1]] = head
             adj[ch.rows[j + 1:]] = head[j]
@@ -917,9 +941,10 @@ class Backward:
     def _constant_links(self, ch: _FoldedChains) -> None:
         """Fill in ``ch``'s :attr:`~_FoldedChains.ones_from`, ``side_scaled`` and
         ``side_at`` from which partials the schedule takes from the constant 1."""
-        at_one = np.flatnonzero(self._consts == 1.0)
-        one = self.plan.size + int(at_one[0]) if at_one.size else -1
-        varies = np.flatnonzero(~(self._gather[ch.links] == one).all(axis=1))
+        one = self._one
+        links = ch.link_index()
+        at_links = self._gather[links]
+        varies = np.flatnonzero(~(at_links.reshape(ch.rows[1:].shape) == one).all(axis=1))
         ch.ones_from = j = int(varies[-1]) + 1 if varies.size else 0
         scaled = np.flatnonzero(self._gather[ch.side_part] != one)
         if scaled.size < ch.side_part.size:
