@@ -536,6 +536,18 @@ class _DotLayout:
         self.op = op.ravel()
         self.a0, self.rel0 = a0.ravel(), rel0.ravel().astype(bool)
         self.a1, self.rel1 = a1.ravel(), rel1.ravel().astype(bool)
+        # the ``low`` column (Rows._set_low): each row's own row and its non-leaf operand
+        # rows, the least of them; the rows' own operands are relative (rows written
+        # together), weights and starts absolute, inputs per call (set_low_of_inputs)
+        own = np.arange(self.op.size)
+        self.low_rel = np.minimum(own, np.where(self.rel0, self.a0, own))
+        np.minimum(self.low_rel, np.where(self.rel1, self.a1, own), out=self.low_rel)
+        far = np.iinfo(np.int64).max
+        low_abs = np.full(shape, far)
+        low_abs[:, m] = np.where(w_lv > 0, w_rows, far)
+        if s_rows is not None:
+            low_abs[:, 1] = np.where(s_lv > 0, s_rows, far)
+        self.low_abs = low_abs.ravel() if (low_abs < far).any() else None
         self.out = (base[:, 0] + stride - 1) if act is not None else add_row[:, -1]
         self.w_lv, self.s_lv = w_lv, s_lv
         self.act = act
@@ -635,7 +647,14 @@ def record_dots(t: Rows, w: list, x: list, starts: list, act: Op | None,
     if not x_imm:
         a1.reshape(g_n, stride)[:, layout.mul] = x_rows
     level, out_lv = layout.levels(x_lv)
-    t.write_rows(layout.op, a0, a1, c.ravel(), value.ravel(), level)
+    low = layout.low_rel + first
+    if layout.low_abs is not None:
+        np.minimum(low, layout.low_abs, out=low)
+    if not x_imm and any(x_lv):                 # inputs that are not leaves
+        x_low = np.where(np.array(x_lv) > 0, x_rows, first)
+        products = low.reshape(g_n, stride)[:, layout.mul]
+        np.minimum(products, x_low, out=products)
+    t.write_rows(layout.op, a0, a1, c.ravel(), value.ravel(), level, low)
     return _new_values(t, layout.out + first, out_lv), first
 
 

@@ -339,8 +339,9 @@ class Rows:
         return self.count
 
     def write_rows(self, op: np.ndarray, a0: np.ndarray, a1: np.ndarray, c: np.ndarray,
-                   value: np.ndarray, level: np.ndarray) -> int:
-        """Append rows given as column arrays (after :meth:`reserve`); the first row."""
+                   value: np.ndarray, level: np.ndarray, low: np.ndarray | None = None) -> int:
+        """Append rows given as column arrays (after :meth:`reserve`); the first row.
+        ``low``: their ``low`` column if the caller knows it (see :meth:`_set_low`)."""
         r = self.count
         b = r + len(op)
         if b > self._room or self._flushed != r:
@@ -350,7 +351,10 @@ class Rows:
             getattr(self, col)[r:b] = data
         self.count = self._flushed = b
         _context.count_flushed(b - r)
-        self._set_low(r, b)
+        if low is None:
+            self._set_low(r, b)
+        else:
+            self._low[r:b] = low
         self.set_limit()
         return r
 
@@ -477,11 +481,21 @@ class Rows:
             self._mark_rows.append(row)
             self._mark_ids.append(sid)
 
-    def mark_scopes(self, rows: list[int], paths: list[str], then: str) -> None:
+    def mark_scopes(self, rows: range, paths: list[str], then: str) -> None:
         """Scope marks for rows just written in bulk: from ``rows[k]`` on, ``paths[k]``
-        (``rows`` ascending); from the next row recorded on, ``then``."""
-        for row, path in zip(rows, paths):
-            self.mark_scope(path, row)
+        (``rows`` ascending, past the last mark); from the next row recorded on,
+        ``then``."""
+        index = self._scope_index
+        if len(rows) < 2 or rows[0] < self._mark_rows[-1] or any(p not in index for p in paths):
+            for row, path in zip(rows, paths):     # a first use of a path: one at a time
+                self.mark_scope(path, row)
+        else:
+            ids = [index[p] for p in paths]
+            if rows[0] == self._mark_rows[-1]:     # the enclosing scope's mark, at the
+                self._mark_ids[-1] = ids[0]        # same row: replaced, as mark_scope does
+                rows, ids = rows[1:], ids[1:]
+            self._mark_rows.extend(rows)
+            self._mark_ids.extend(ids)
         self.mark_scope(then)
 
     def scope_ids(self) -> np.ndarray:

@@ -220,17 +220,20 @@ def test_detect_anomaly_sees_each_row_of_a_layer():
 
 
 @pytest.mark.parametrize("n", [1, 7, 8, 50])
-@pytest.mark.parametrize("kinds", ["values", "numbers_first", "numbers_second"])
-@pytest.mark.parametrize("start", [0, 0.25, "value"])
+@pytest.mark.parametrize("kinds", ["values", "numbers_first", "numbers_second", "computed"])
+@pytest.mark.parametrize("start", [0, 0.25, "value", "computed"])
 def test_dot_rows_equal_the_sum_of_products(n, kinds, start):
+    """Weights, inputs and starts that are leaves, computed rows or numbers: every
+    column equals the loop's, ``low`` (which rows the interval search may skip) too."""
     rng = np.random.default_rng(n)
     a, b = rng.normal(size=n).tolist(), rng.normal(size=n).tolist()
     tapes, results = [], []
     for fn in (dot, lambda ws, xs, s: sum(map(operator.mul, ws, xs), s)):
         with Tape() as t:
-            ws = a if kinds == "numbers_first" else [Value(v) for v in a]
+            ws = (a if kinds == "numbers_first" else [Value(v) * 2.0 for v in a]
+                  if kinds == "computed" else [Value(v) for v in a])
             xs = b if kinds == "numbers_second" else [Value(v) * 1.0 for v in b]
-            s = Value(-1.5) if start == "value" else start
+            s = {"value": Value(-1.5), "computed": Value(-1.5).tanh()}.get(start, start)
             out = fn(ws, xs, s)
             out.backward()
         tapes.append(t)
