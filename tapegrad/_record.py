@@ -437,19 +437,32 @@ def record_leaf(v: Any, x: float, label: str) -> None:
 
 # -- bulk recording: many rows per call, the same rows as the scalar loop ---------------
 
-def operand_rows(t: Rows, values: list) -> tuple[list[int], list[int]] | None:
+def operand_rows(t: Rows, values: list,
+                 mirrors: list | None = None) -> tuple[list[int], list[int]] | None:
     """(rows, levels) of ``values`` if every one is a ``Value`` (exactly) recorded on
-    ``t``, else None: the bulk recorders then leave the job to the scalar path, which
-    handles subclasses, numbers and leaves of other tapes."""
+    ``t`` or a leaf of another tape already mirrored on ``t`` (its data copied to the
+    mirror row now, as each scalar op does; ``mirrors`` collects the (row, leaf) pairs),
+    else None: the bulk recorders then leave the job to the scalar path, which handles
+    subclasses, numbers and the first use of another tape's leaf (it adds the mirror
+    row where the loop uses the leaf)."""
     rows, levels = [], []
+    vals = t.vals
     for v in values:
         if type(v) is not _facade:
             return None
         b = v._b
-        if b.rows is not t:
+        if b.rows is t:
+            rows.append(v._o - b.shift)
+            levels.append(v._l)
+            continue
+        row = None if v._l else t.linked_row(v)
+        if row is None:
             return None
-        rows.append(v._o - b.shift)
-        levels.append(v._l)
+        vals[row] = v.data
+        rows.append(row)
+        levels.append(0)
+        if mirrors is not None:
+            mirrors.append((row, v))
     return rows, levels
 
 
@@ -609,10 +622,14 @@ def record_dots(t: Rows, w: list, x: list, starts: list, act: Op | None,
         x_rows, x_lv = xs
     if (memo and memo[0] is t and memo[1] == t.epoch and memo[2] == w and memo[3] == starts
             and memo[4].act is act and memo[4].x_imm == x_imm):
-        layout, w_rows, s_rows = memo[4:]
+        layout, w_rows, s_rows, mirrors = memo[4:]
+        vals = t.vals
+        for row, leaf in mirrors:       # other tapes' leaves: their data now, as the loop
+            vals[row] = leaf.data
     else:
-        found = operand_rows(t, [v for ws in w for v in ws])
-        ss = None if s_imm else operand_rows(t, starts)
+        mirrors = []
+        found = operand_rows(t, [v for ws in w for v in ws], mirrors)
+        ss = None if s_imm else operand_rows(t, starts, mirrors)
         if found is None or (ss is None and not s_imm):
             return None, 0
         w_rows = np.array(found[0], np.int64).reshape(g_n, n)
@@ -621,7 +638,8 @@ def record_dots(t: Rows, w: list, x: list, starts: list, act: Op | None,
         layout = _DotLayout(g_n, n, act, w_rows, np.array(found[1], np.int64).reshape(g_n, n),
                             s_rows, s_lv, x_imm)
         if memo is not None:
-            memo[:] = [t, t.epoch, [list(ws) for ws in w], list(starts), layout, w_rows, s_rows]
+            memo[:] = [t, t.epoch, [list(ws) for ws in w], list(starts), layout, w_rows, s_rows,
+                       mirrors]
     vals = t.vals.obj
     x_val = np.array(x, np.float64) if x_imm else vals[x_rows]
     s_val = np.array(starts, np.float64) if s_imm else vals[s_rows]

@@ -152,6 +152,45 @@ def test_changes_to_the_layer_are_seen_between_calls():
     assert "layer/renamed" in ta.scope_names
 
 
+def test_weights_of_another_tape_are_recorded_in_bulk_once_mirrored():
+    """A model made on the default tape, recorded on another (``with Tape()``, as for a
+    replay or a Function): the first call records the loop (it adds the weights'
+    mirror rows where the loop uses them), later calls write the same rows in bulk and
+    read the weights' current data."""
+    from tapegrad import _record
+    bulk, loop = layer_pair(6, 5, "relu")
+    xs = [[0.5, -1.0, 0.25, 2.0, -0.5, 1.0], [1.5, 0.5, -0.25, 0.0, 1.0, -2.0],
+          [-1.0, 0.75, 0.5, -0.5, 2.0, 0.25]]
+    calls = []
+    real = _record.record_dots
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(out[0] is not None)
+        return out
+
+    tapes = []
+    for layer, call in ((bulk, bulk), (loop, lambda x: neuron_by_neuron(loop, x))):
+        with Tape() as t:
+            _record.record_dots = spy
+            try:
+                outs = []
+                for x in xs:
+                    outs.append(call([Value(v) for v in x]))
+                    for p in layer.parameters():
+                        p.data *= 0.5             # seen by the next call
+            finally:
+                _record.record_dots = real
+            loss = sum(o * o for out in outs for o in out)
+            loss.backward()
+        tapes.append((t, [o.data for out in outs for o in out],
+                      [p.grad for p in layer.parameters()]))
+    assert calls[:3] == [False, True, True]       # the loop, then bulk (rows memoized)
+    (ta, da, ga), (tb, db, gb) = tapes
+    assert_same_rows(ta, tb)
+    assert da == db and ga == gb and any(ga)
+
+
 def test_after_the_default_tape_compacts_rows_are_still_right():
     random.seed(2)
     model = MLP(2, [16, 16, 1])
