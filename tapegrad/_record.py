@@ -503,6 +503,9 @@ def _new_values(t: Rows, rows: np.ndarray, levels: np.ndarray) -> list:
     return out
 
 
+_FAR = np.iinfo(np.int64).max     # "no such operand" in a minimum over rows
+
+
 class _DotLayout:
     """The rows :func:`record_dots` writes, except what changes per call.
 
@@ -547,15 +550,15 @@ class _DotLayout:
             a1[:, -1] = -1
             rel1[:, -1] = 0
         self.op = op.ravel()
-        self.a0, self.rel0 = a0.ravel(), rel0.ravel().astype(bool)
-        self.a1, self.rel1 = a1.ravel(), rel1.ravel().astype(bool)
+        self.args = np.stack((a0.ravel(), a1.ravel()))        # (2, rows): a0, a1
+        self.rel = np.stack((rel0.ravel(), rel1.ravel()))     # 1: relative to the first row
         # the ``low`` column (Rows._set_low): each row's own row and its non-leaf operand
         # rows, the least of them; the rows' own operands are relative (rows written
-        # together), weights and starts absolute, inputs per call (set_low_of_inputs)
+        # together), weights and starts absolute, inputs' rows per call (record_dots)
         own = np.arange(self.op.size)
-        self.low_rel = np.minimum(own, np.where(self.rel0, self.a0, own))
-        np.minimum(self.low_rel, np.where(self.rel1, self.a1, own), out=self.low_rel)
-        far = np.iinfo(np.int64).max
+        self.low_rel = np.where(self.rel, self.args, own).min(axis=0)
+        np.minimum(self.low_rel, own, out=self.low_rel)
+        far = _FAR
         low_abs = np.full(shape, far)
         low_abs[:, m] = np.where(w_lv > 0, w_rows, far)
         if s_rows is not None:
@@ -565,10 +568,14 @@ class _DotLayout:
         self.w_lv, self.s_lv = w_lv, s_lv
         self.act = act
         self.x_imm = x_imm
-        self._levels: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        # the immediates column: zeros when there are no immediates (inputs and starts
+        # are Values), else filled per call
+        self.zeros = np.zeros(self.op.size) if not x_imm and s_rows is not None else None
+        self._levels: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
 
-    def levels(self, x_lv: list) -> tuple[np.ndarray, np.ndarray]:
-        """(level of every row, level of the results) for inputs of levels ``x_lv``."""
+    def levels(self, x_lv: list) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(level of every row, level of the results, which inputs are not leaves or
+        None if all are) for inputs of levels ``x_lv``."""
         key = tuple(x_lv)
         found = self._levels.get(key)
         if found is None:
@@ -582,7 +589,8 @@ class _DotLayout:
             if self.act is not None:
                 out_lv = out_lv + 1
                 level[:, -1] = out_lv
-            found = self._levels[key] = (level.ravel(), out_lv)
+            inner = np.array(x_lv) > 0
+            found = self._levels[key] = (level.ravel(), out_lv, inner if inner.any() else None)
         return found
 
 
@@ -641,6 +649,8 @@ def record_dots(t: Rows, w: list, x: list, starts: list, act: Op | None,
             memo[:] = [t, t.epoch, [list(ws) for ws in w], list(starts), layout, w_rows, s_rows,
                        mirrors]
     vals = t.vals.obj
+    if not x_imm:
+        x_rows = np.array(x_rows, np.intp)
     x_val = np.array(x, np.float64) if x_imm else vals[x_rows]
     s_val = np.array(starts, np.float64) if s_imm else vals[s_rows]
     prod = vals[w_rows] * x_val
@@ -649,30 +659,31 @@ def record_dots(t: Rows, w: list, x: list, starts: list, act: Op | None,
     value = np.empty((g_n, stride))
     value[:, layout.mul] = prod
     value[:, layout.add] = acc[:, 1:]
-    c = np.zeros((g_n, stride))
-    if x_imm:
-        c[:, layout.mul] = x_val
-    if s_imm:
-        c[:, 1] = s_val
+    c = layout.zeros
+    if c is None:
+        c = np.zeros((g_n, stride))
+        if x_imm:
+            c[:, layout.mul] = x_val
+        if s_imm:
+            c[:, 1] = s_val
     if act is RELU:          # ops.RELU's scalar rule, vectorized (-0.0 and nan kept)
         last = acc[:, -1]
         value[:, -1] = np.where(last < 0, 0.0, last)
     elif act is not None:
         evaluate = act.evaluate
         value[:, -1] = [evaluate(s, 0.0) for s in acc[:, -1].tolist()]
-    a0 = layout.a0 + first * layout.rel0
-    a1 = layout.a1 + first * layout.rel1
+    args = layout.rel * first
+    args += layout.args
     if not x_imm:
-        a1.reshape(g_n, stride)[:, layout.mul] = x_rows
-    level, out_lv = layout.levels(x_lv)
+        args[1].reshape(g_n, stride)[:, layout.mul] = x_rows
+    level, out_lv, x_inner = layout.levels(x_lv)
     low = layout.low_rel + first
     if layout.low_abs is not None:
         np.minimum(low, layout.low_abs, out=low)
-    if not x_imm and any(x_lv):                 # inputs that are not leaves
-        x_low = np.where(np.array(x_lv) > 0, x_rows, first)
+    if x_inner is not None:                     # inputs that are not leaves
         products = low.reshape(g_n, stride)[:, layout.mul]
-        np.minimum(products, x_low, out=products)
-    t.write_rows(layout.op, a0, a1, c.ravel(), value.ravel(), level, low)
+        np.minimum(products, np.where(x_inner, x_rows, _FAR), out=products)
+    t.write_rows(layout.op, args[0], args[1], c.ravel(), value.ravel(), level, low)
     return _new_values(t, layout.out + first, out_lv), first
 
 

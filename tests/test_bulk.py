@@ -7,6 +7,7 @@ equal bit for bit: opcodes, operands, immediates, values, levels, ``low`` and sc
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 import random
@@ -41,11 +42,31 @@ def assert_same_rows(a: Tape, b: Tape) -> None:
 
 
 def layer_pair(nin: int, nout: int, nonlin: object, seed: int = 0):
+    """Two layers with the same weights, on the current tape: record them on that tape
+    (weights of another tape go through the loop until their mirror rows exist)."""
     random.seed(seed)
     a = Layer(nin, nout, nonlin=nonlin)
     random.seed(seed)
     b = Layer(nin, nout, nonlin=nonlin)
     return a, b
+
+
+@contextlib.contextmanager
+def bulk_calls():
+    """A list that counts the layer calls recorded in bulk meanwhile (the others: 0)."""
+    from tapegrad import _record
+    real, calls = _record.record_dots, []
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(int(out[0] is not None))
+        return out
+
+    _record.record_dots = spy
+    try:
+        yield calls
+    finally:
+        _record.record_dots = real
 
 
 def neuron_by_neuron(layer: Layer, x):
@@ -56,18 +77,21 @@ def neuron_by_neuron(layer: Layer, x):
 
 
 @pytest.mark.parametrize("nonlin", ["relu", "linear", "tanh", "sigmoid"])
-@pytest.mark.parametrize("inputs", ["leaves", "computed", "floats", "ints"])
+@pytest.mark.parametrize("inputs", ["leaves", "computed", "mixed", "floats", "ints"])
 def test_layer_rows_equal_the_neuron_loop(nonlin, inputs):
-    bulk, loop = layer_pair(7, 5, nonlin)
     rng = np.random.default_rng(3)
     xs = rng.normal(size=7).tolist()
     results = []
-    for layer, call in ((bulk, bulk), (loop, lambda x: neuron_by_neuron(loop, x))):
-        with Tape() as t:
+    for bulk in (True, False):
+        with Tape() as t, bulk_calls() as calls:
+            layer = layer_pair(7, 5, nonlin)[0]
+            call = layer if bulk else (lambda x, layer=layer: neuron_by_neuron(layer, x))
             if inputs == "leaves":
                 x = [Value(v) for v in xs]
             elif inputs == "computed":
                 x = [(Value(v) * 2.0).tanh() + k for k, v in enumerate(xs)]
+            elif inputs == "mixed":                   # leaves and computed rows
+                x = [Value(v) if k % 2 else Value(v) * 3.0 for k, v in enumerate(xs)]
             elif inputs == "floats":
                 x = list(xs)
             else:
@@ -75,6 +99,7 @@ def test_layer_rows_equal_the_neuron_loop(nonlin, inputs):
             out = call(x)
             loss = sum(o * o for o in out)
             loss.backward()
+        assert calls == ([1] if bulk else [])
         results.append((t, [o.data for o in out], [p.grad for p in layer.parameters()]))
     (ta, da, ga), (tb, db, gb) = results
     assert_same_rows(ta, tb)
@@ -83,19 +108,22 @@ def test_layer_rows_equal_the_neuron_loop(nonlin, inputs):
 
 
 def test_relu_keeps_negative_zero_and_nan_like_the_scalar_rule():
-    bulk, loop = layer_pair(4, 4, "relu")
-    for layer in (bulk, loop):
-        for n in layer.neurons:
-            n.w = [Value(1.0), Value(1.0), Value(1.0), Value(1.0)]
-        layer.neurons[1].b.data = -0.0
-        layer.neurons[2].b.data = math.nan
-        layer.neurons[3].b.data = -5.0
     x = [-0.0, -0.0, -0.0, -0.0]
-    with Tape() as ta:
-        a = bulk(x)
-    with Tape() as tb:
-        neuron_by_neuron(loop, x)
-    assert_same_rows(ta, tb)
+    tapes = []
+    for bulk in (True, False):
+        with Tape() as t, bulk_calls() as calls:
+            layer = layer_pair(4, 4, "relu")[0]
+            for n in layer.neurons:
+                n.w = [Value(1.0), Value(1.0), Value(1.0), Value(1.0)]
+            layer.neurons[1].b.data = -0.0
+            layer.neurons[2].b.data = math.nan
+            layer.neurons[3].b.data = -5.0
+            out = layer(x) if bulk else neuron_by_neuron(layer, x)
+        assert calls == ([1] if bulk else [])
+        tapes.append(t)
+        if bulk:
+            a = out
+    assert_same_rows(*tapes)
     assert math.copysign(1.0, a[1].data) == -1.0 and math.isnan(a[2].data) and a[3].data == 0
 
 
@@ -105,9 +133,10 @@ def test_mlp_rows_scopes_and_gradients_equal_the_scalar_path():
     random.seed(5)
     ref = MLP(3, [16, 16, 1])
     xs = [[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]]
-    with Tape() as ta:
+    with Tape() as ta, bulk_calls() as calls:     # a model of the default tape:
         loss = sum((model([Value(v) for v in x]) - 1.0) ** 2 for x in xs)
         loss.backward()
+    assert calls == [0, 0, 0, 1, 1, 1]           # the loop, then bulk once mirrored
     with Tape() as tb:
         def ref_model(x):
             for layer in ref.layers:
@@ -133,22 +162,26 @@ def test_bulk_layer_results_are_values_with_micrograd_graph_walks():
 
 
 def test_changes_to_the_layer_are_seen_between_calls():
-    bulk, loop = layer_pair(5, 4, "tanh")
+    """The weights' rows are memoized per layer; a new weight Value, a new bias, a
+    renamed neuron and new data all show in the next call's rows."""
     x = [0.1, 0.2, 0.3, 0.4, 0.5]
-    with Tape():
-        bulk(x)                               # rows of the weights memoized
-    for layer in (bulk, loop):
-        layer.neurons[2].w[1] = Value(7.0)    # a new weight Value
-        layer.neurons[0].b = Value(-3.0)
-        layer.neurons[3].name = "renamed"
-        for p in layer.parameters():
-            p.data *= 0.5                     # the optimizer's update
-    with Tape() as ta:
-        a = bulk(x)
-    with Tape() as tb:
-        b = neuron_by_neuron(loop, x)
+    results = []
+    for bulk in (True, False):
+        with Tape() as t, bulk_calls() as calls:
+            layer = layer_pair(5, 4, "tanh")[0]
+            call = layer if bulk else (lambda x, layer=layer: neuron_by_neuron(layer, x))
+            call(x)                           # rows of the weights memoized
+            layer.neurons[2].w[1] = Value(7.0)    # a new weight Value
+            layer.neurons[0].b = Value(-3.0)
+            layer.neurons[3].name = "renamed"
+            for p in layer.parameters():
+                p.data *= 0.5                 # the optimizer's update
+            out = call(x)
+        assert calls == ([1, 1] if bulk else [])
+        results.append((t, [v.data for v in out]))
+    (ta, a), (tb, b) = results
     assert_same_rows(ta, tb)
-    assert [v.data for v in a] == [v.data for v in b]
+    assert a == b
     assert "layer/renamed" in ta.scope_names
 
 
