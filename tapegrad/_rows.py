@@ -617,7 +617,10 @@ class Rows:
         self._renumber_scopes(keep, n)
         self._dropped += n - kept
         self._epoch += 1
-        self._plans = {}
+        # plans name rows, which moved; a ("structure", ...) entry holds local rows only
+        # (the last backward schedule, for the next graph of the same structure)
+        self._plans = {(self._epoch,) + k[1:]: v for k, v in self._plans.items()
+                       if k[1] == "structure"}
         self._replayed = 0
         self.set_limit()
         return n - kept

@@ -204,12 +204,27 @@ def test_the_same_graph_recorded_again_reuses_the_schedule(monkeypatch):
         x.backward()
         return x0.grad
 
+    from tapegrad import _plan
+    built = []
+    real_init = _plan.Backward.__init__
+
+    def counted(self, *args, **kwargs):
+        built.append(1)
+        real_init(self, *args, **kwargs)
+
     monkeypatch.setattr(_sweep, "SMALL_ROWS", 0)
-    with Tape():                        # one tape: steps 1 and 2 reuse step 0's schedule
-        got = [recurrence_grad(step) for step in range(3)]
+    monkeypatch.setattr(_plan.Backward, "__init__", counted)
+    with Tape() as tape:                # one tape: later steps reuse step 0's schedule,
+        got = []                        # also after a compaction has moved the rows
+        for step in range(4):
+            got.append(recurrence_grad(step))
+            if step == 1:
+                assert tape.compact() > 0
+    assert len(built) == 1
+    monkeypatch.setattr(_plan.Backward, "__init__", real_init)
     monkeypatch.setattr(_sweep, "SMALL_ROWS", 10**9)
     want = []
-    for step in range(3):
+    for step in range(4):
         with Tape():
             want.append(recurrence_grad(step))
     assert got == want
