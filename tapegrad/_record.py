@@ -489,12 +489,12 @@ def bulk_target() -> Rows | None:
     return None if _context.anomaly.depth else _context.current_rows()
 
 
-def _new_values(t: Rows, rows: np.ndarray, levels: np.ndarray) -> list:
+def _new_values(t: Rows, rows: np.ndarray, levels: list[int]) -> list:
     """Facades for rows just written to the current block of ``t``."""
     blk = t.cur
     new = object.__new__
     out = []
-    for r, lv in zip(rows.tolist(), levels.tolist()):
+    for r, lv in zip(rows.tolist(), levels):
         v = new(_facade)
         v._b = blk
         v._o = r
@@ -613,59 +613,103 @@ def record_dots(t: Rows, w: list, x: list, starts: list, act: Op | None,
         The G results and the first row; None if some operand is not a plain Value on
         ``t`` or a float (the caller then records the scalar loop).
     """
-    g_n, n = len(w), len(x)
+    out = record_layers(t, [(w, starts, act, memo)], x)
+    return (None, 0) if out is None else (out[0], out[1][0])
+
+
+def record_layers(t: Rows, layers: list[tuple[list, list, Op | None, list | None]],
+                  x: list) -> tuple[list, list[int]] | None:
+    """:func:`record_dots` for a stack of layers ``(w, starts, act, memo)``, each
+    reading the previous one's results (an MLP): one reservation, and Values only for
+    the last layer's results. The rows are those of the layers called one by one.
+
+    Returns (the last layer's results, each layer's first row), or None (the caller then
+    records the layers one by one)."""
     x_imm = type(x[0]) is float
-    s_imm = type(starts[0]) is float
     if x_imm and any(type(v) is not float for v in x):
-        return None, 0
-    if s_imm and any(type(v) is not float for v in starts):
-        return None, 0
-    first = t.reserve(g_n * (2 * n + (act is not None)))
+        return None
+    sizes, n = [], len(x)
+    for w, starts, act, _ in layers:
+        if type(starts[0]) is float and any(type(v) is not float for v in starts):
+            return None
+        sizes.append(len(w) * (2 * n + (act is not None)))
+        n = len(w)
+    first = t.reserve(sum(sizes))      # may compact: operand rows are read after it
     if x_imm:
-        x_lv = [0] * n
+        x_rows, x_val, x_lv = None, np.array(x, np.float64), [0] * len(x)
     else:
         xs = operand_rows(t, x)
         if xs is None:
-            return None, 0
-        x_rows, x_lv = xs
+            return None
+        x_rows = np.array(xs[0], np.intp)
+        x_val, x_lv = t.vals.obj[x_rows], xs[1]
+    plans = []
+    for k, (w, starts, act, memo) in enumerate(layers):
+        found = _dot_layout(t, w, starts, act, x_imm and k == 0, memo)
+        if found is None:
+            return None
+        plans.append(found)
+    firsts, at = [], first
+    for (layout, w_rows, s_rows), (_, starts, _, _), size in zip(plans, layers, sizes):
+        firsts.append(at)
+        x_rows, x_val, x_lv = _write_dots(t, at, layout, w_rows, s_rows, starts, x_rows,
+                                          x_val, x_lv)
+        at += size
+    return _new_values(t, x_rows, x_lv), firsts
+
+
+def _dot_layout(t: Rows, w: list, starts: list, act: Op | None, x_imm: bool,
+                memo: list | None) -> tuple[_DotLayout, np.ndarray, np.ndarray | None] | None:
+    """(layout, weight rows, start rows) of one layer on ``t``, from ``memo`` when the
+    weights and starts are those of its last call in this tape epoch; other tapes'
+    leaves get their current data in their mirror rows. None: the scalar path records."""
     if (memo and memo[0] is t and memo[1] == t.epoch and memo[2] == w and memo[3] == starts
             and memo[4].act is act and memo[4].x_imm == x_imm):
         layout, w_rows, s_rows, mirrors = memo[4:]
         vals = t.vals
         for row, leaf in mirrors:       # other tapes' leaves: their data now, as the loop
             vals[row] = leaf.data
-    else:
-        mirrors = []
-        found = operand_rows(t, [v for ws in w for v in ws], mirrors)
-        ss = None if s_imm else operand_rows(t, starts, mirrors)
-        if found is None or (ss is None and not s_imm):
-            return None, 0
-        w_rows = np.array(found[0], np.int64).reshape(g_n, n)
-        s_rows = None if s_imm else np.array(ss[0], np.int64)
-        s_lv = np.zeros(g_n, np.int64) if s_imm else np.array(ss[1], np.int64)
-        layout = _DotLayout(g_n, n, act, w_rows, np.array(found[1], np.int64).reshape(g_n, n),
-                            s_rows, s_lv, x_imm)
-        if memo is not None:
-            memo[:] = [t, t.epoch, [list(ws) for ws in w], list(starts), layout, w_rows, s_rows,
-                       mirrors]
+        return layout, w_rows, s_rows
+    g_n, n = len(w), len(w[0])
+    s_imm = type(starts[0]) is float
+    mirrors: list = []
+    found = operand_rows(t, [v for ws in w for v in ws], mirrors)
+    ss = None if s_imm else operand_rows(t, starts, mirrors)
+    if found is None or (ss is None and not s_imm):
+        return None
+    w_rows = np.array(found[0], np.int64).reshape(g_n, n)
+    s_rows = None if s_imm else np.array(ss[0], np.int64)
+    s_lv = np.zeros(g_n, np.int64) if s_imm else np.array(ss[1], np.int64)
+    layout = _DotLayout(g_n, n, act, w_rows, np.array(found[1], np.int64).reshape(g_n, n),
+                        s_rows, s_lv, x_imm)
+    if memo is not None:
+        memo[:] = [t, t.epoch, [list(ws) for ws in w], list(starts), layout, w_rows, s_rows,
+                   mirrors]
+    return layout, w_rows, s_rows
+
+
+def _write_dots(t: Rows, first: int, layout: _DotLayout, w_rows: np.ndarray,
+                s_rows: np.ndarray | None, starts: list, x_rows: np.ndarray | None,
+                x_val: np.ndarray, x_lv: list) -> tuple[np.ndarray, np.ndarray, list]:
+    """Write one layer's rows from ``first`` on (reserved); (rows, values, levels) of
+    its results. ``x_rows`` None: the inputs are immediates ``x_val``."""
+    g_n, stride = w_rows.shape[0], layout.stride
     vals = t.vals.obj
-    if not x_imm:
-        x_rows = np.array(x_rows, np.intp)
-    x_val = np.array(x, np.float64) if x_imm else vals[x_rows]
+    s_imm = s_rows is None
     s_val = np.array(starts, np.float64) if s_imm else vals[s_rows]
     prod = vals[w_rows] * x_val
     acc = np.add.accumulate(np.concatenate((s_val[:, None], prod), axis=1), axis=1)
-    stride = layout.stride
     value = np.empty((g_n, stride))
     value[:, layout.mul] = prod
     value[:, layout.add] = acc[:, 1:]
     c = layout.zeros
     if c is None:
         c = np.zeros((g_n, stride))
-        if x_imm:
+        if x_rows is None:
             c[:, layout.mul] = x_val
         if s_imm:
             c[:, 1] = s_val
+    act = layout.act
     if act is RELU:          # ops.RELU's scalar rule, vectorized (-0.0 and nan kept)
         last = acc[:, -1]
         value[:, -1] = np.where(last < 0, 0.0, last)
@@ -674,7 +718,7 @@ def record_dots(t: Rows, w: list, x: list, starts: list, act: Op | None,
         value[:, -1] = [evaluate(s, 0.0) for s in acc[:, -1].tolist()]
     args = layout.rel * first
     args += layout.args
-    if not x_imm:
+    if x_rows is not None:
         args[1].reshape(g_n, stride)[:, layout.mul] = x_rows
     level, out_lv, x_inner = layout.levels(x_lv)
     low = layout.low_rel + first
@@ -684,7 +728,8 @@ def record_dots(t: Rows, w: list, x: list, starts: list, act: Op | None,
         products = low.reshape(g_n, stride)[:, layout.mul]
         np.minimum(products, np.where(x_inner, x_rows, _FAR), out=products)
     t.write_rows(layout.op, args[0], args[1], c.ravel(), value.ravel(), level, low)
-    return _new_values(t, layout.out + first, out_lv), first
+    out = layout.out + first
+    return out, value.reshape(-1)[layout.out], out_lv.tolist()
 
 
 def record_sum(t: Rows, terms: list, start: Any) -> Any:
@@ -717,4 +762,4 @@ def record_sum(t: Rows, terms: list, start: Any) -> Any:
     else:
         a0[0], a1[0] = s_row, rows[0]
     t.write_rows(np.full(n, ADD.code, np.int8), a0, a1, c, acc, level)
-    return _new_values(t, own[-1:], level[-1:])[0]
+    return _new_values(t, own[-1:], level[-1:].tolist())[0]

@@ -109,7 +109,7 @@ class Rows:
         "_labels", "_custom", "_links", "_link_rows", "_reclaim", "_reclaim_min", "_reclaim_at",
         "_epoch", "_scope_names", "_scope_index", "_mark_rows", "_mark_ids", "_dropped",
         "_plans", "_replayed", "_blocks", "_bases", "cur", "cur_base", "cur_tid", "_threads",
-        "_views",
+        "_views", "_reserved",
         "__weakref__",
     )
 
@@ -119,6 +119,7 @@ class Rows:
         self.owner = owner          # weak reference to the public Tape
         self.count = 0                 # rows recorded (flushed + staged)
         self._flushed = 0           # rows already in the NumPy columns
+        self._reserved = 0          # rows up to this one may be written by write_rows
         self.stage: list = []       # staged fields of rows _flushed..count
         self._cap = _FIRST_CAPACITY
         for col, dtype in _COLUMNS.items():
@@ -336,15 +337,17 @@ class Rows:
         Values after this call, not before."""
         self.flush()
         self.make_room(n)         # stages nothing: the columns stay complete
+        self._reserved = self.count + n
         return self.count
 
     def write_rows(self, op: np.ndarray, a0: np.ndarray, a1: np.ndarray, c: np.ndarray,
                    value: np.ndarray, level: np.ndarray, low: np.ndarray | None = None) -> int:
-        """Append rows given as column arrays (after :meth:`reserve`); the first row.
-        ``low``: their ``low`` column if the caller knows it (see :meth:`_set_low`)."""
+        """Append rows given as column arrays (after :meth:`reserve`, in one or more
+        calls); the first row. ``low``: their ``low`` column if the caller knows it (see
+        :meth:`_set_low`)."""
         r = self.count
         b = r + len(op)
-        if b > self._room or self._flushed != r:
+        if b > max(self._room, self._reserved) or self._flushed != r:
             raise RuntimeError("write_rows needs reserve() for these rows first")
         for col, data in (("_op", op), ("_a0", a0), ("_a1", a1), ("_c", c),
                           ("_val", value), ("_lv", level)):
@@ -617,6 +620,7 @@ class Rows:
         self._renumber_scopes(keep, n)
         self._dropped += n - kept
         self._epoch += 1
+        self._reserved = 0
         # plans name rows, which moved; a ("structure", ...) entry holds local rows only
         # (the last backward schedule, for the next graph of the same structure)
         self._plans = {(self._epoch,) + k[1:]: v for k, v in self._plans.items()

@@ -18,7 +18,7 @@ import random
 from collections.abc import Sequence
 from operator import mul
 from threading import get_ident
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -228,6 +228,58 @@ class _Scoped(Module):
         return sc if ident == get_ident() else scope(self._name)
 
 
+class _BulkCache:
+    """What bulk recording of one layer's neurons worked out on its last call: the
+    weights' rows (:func:`_record.record_layers` memo), the neurons' (class,
+    activation, size, name) as checked, their scope paths by enclosing path."""
+
+    def __init__(self) -> None:
+        self.memo: list = []
+        self.kinds: list = []
+        self.paths: dict[str, list[str]] = {}
+
+    def neuron_paths(self, neurons: list[Neuron], layer: str) -> list[str]:
+        """The neurons' scope paths inside the layer's scope path ``layer``."""
+        paths = self.paths.get(layer)
+        if paths is None:
+            paths = self.paths[layer] = [f"{layer}/{n.name}" if layer else n.name
+                                         for n in neurons]
+        return paths
+
+
+def _bulk_spec(neurons: list[Neuron], cache: _BulkCache) -> tuple | None:
+    """``(weights, starts, activation op, memo)`` of a layer of ``neurons`` for
+    :func:`_record.record_layers`, or None if they must be called one by one: a small
+    layer (the loop is faster), neurons of a subclass or of mixed activations or sizes."""
+    nin = len(neurons[0].w)
+    if len(neurons) * nin < _BULK_MIN:
+        return None
+    kinds = [(type(n), n.activation, len(n.w), n.name) for n in neurons]
+    if kinds != cache.kinds:
+        if any(k[:3] != (Neuron, neurons[0].activation, nin) for k in kinds):
+            return None
+        cache.kinds = kinds
+        cache.paths = {}
+    return ([n.w for n in neurons], [n.b for n in neurons], _ACT_OPS[kinds[0][1]],
+            cache.memo)
+
+
+def _neuron_rows(neurons: list[Neuron], first: int) -> range:
+    """The first row of each neuron's rows, for a layer written in bulk from ``first``."""
+    stride = 2 * len(neurons[0].w) + (_ACT_OPS[neurons[0].activation] is not None)
+    return range(first, first + stride * len(neurons), stride)
+
+
+def _bulk_inputs(x: Any, nin: int) -> list | None:
+    """A layer's inputs as the bulk recorders take them (exact ints as floats), or None
+    if they are not a list or tuple of ``nin`` items."""
+    if not isinstance(x, (list, tuple)) or len(x) != nin:
+        return None
+    if type(x[0]) is not Value:
+        return [_record.as_immediate(v) for v in x]
+    return list(x)
+
+
 def _open_npz(path: str, max_members: int) -> _npzfile.NpzReader:
     """The ``.npz`` at ``path`` with its member headers read (see :mod:`tapegrad._npzfile`),
     or a ValueError saying why it is unreadable."""
@@ -380,9 +432,7 @@ class Layer(_Scoped):
         _check_size(nout, "Layer", "outputs")
         _activation(nonlin)            # fail before drawing any weight
         self.neurons = [Neuron(nin, nonlin=nonlin) for _ in range(nout)]
-        self._rows_memo: list = []      # bulk recording: the weights' rows, per tape epoch
-        self._bulk_kinds: list = []     # ... the neurons' (class, activation, size) checked
-        self._bulk_paths: dict[str, list[str]] = {}    # ... their scope paths
+        self._bulk = _BulkCache()       # bulk recording: what it worked out last call
         for j, n in enumerate(self.neurons):
             n.name = f"neuron{j}"
         self.name = "layer"           # scope of its rows; an MLP renames it layer<i>
@@ -400,33 +450,18 @@ class Layer(_Scoped):
         call its neurons: a small layer (the loop is faster), neurons of a subclass or
         of mixed activations or sizes, inputs that are not all Values of the current
         tape or all floats, and under ``detect_anomaly``."""
-        ns = self.neurons
-        nin = len(ns[0].w)
-        if len(ns) * nin < _BULK_MIN or not isinstance(x, (list, tuple)) or len(x) != nin:
-            return None
-        kinds = [(type(n), n.activation, len(n.w), n.name) for n in ns]
-        if kinds != self._bulk_kinds:
-            if any(k[:3] != (Neuron, ns[0].activation, nin) for k in kinds):
-                return None
-            self._bulk_kinds = kinds
-            self._bulk_paths = {}
+        spec = _bulk_spec(self.neurons, self._bulk)
         t = _record.bulk_target()
-        if t is None:
+        x = _bulk_inputs(x, len(self.neurons[0].w))
+        if spec is None or t is None or x is None:
             return None
-        if type(x[0]) is not Value:
-            x = [_record.as_immediate(v) for v in x]
-        act = _ACT_OPS[kinds[0][1]]
-        out, first = _record.record_dots(t, [n.w for n in ns], list(x), [n.b for n in ns],
-                                         act, self._rows_memo)
-        if out is None:
+        found = _record.record_layers(t, [spec], x)
+        if found is None:
             return None
+        out, (first,) = found
         layer = _context.state.scope
-        paths = self._bulk_paths.get(layer)
-        if paths is None:
-            paths = [f"{layer}/{n.name}" if layer else n.name for n in ns]
-            self._bulk_paths[layer] = paths
-        stride = 2 * nin + (act is not None)
-        t.mark_scopes(range(first, first + stride * len(ns), stride), paths, layer)
+        t.mark_scopes(_neuron_rows(self.neurons, first),
+                      self._bulk.neuron_paths(self.neurons, layer), layer)
         return out
 
     def parameters(self) -> list[Value]:
@@ -495,11 +530,42 @@ class MLP(Module):
                        for i in range(len(nouts))]
         for i, layer in enumerate(self.layers):
             layer.name = f"layer{i}"
+        self._bulk: list[_BulkCache] = []     # bulk recording, per layer (see Layer)
 
     def __call__(self, x: Sequence[Value | float]) -> Value | list[Value]:
-        for layer in self.layers:
-            x = layer(x)
-        return x
+        out = self._record_bulk(x)
+        if out is None:
+            for layer in self.layers:
+                x = layer(x)
+            return x
+        return out[0] if len(out) == 1 else out
+
+    def _record_bulk(self, x: Sequence[Value | float]) -> list[Value] | None:
+        """Every layer's rows in one go (:func:`_record.record_layers`), the same rows
+        and scope marks as calling the layers; None when some layer must be called
+        (see :meth:`Layer._record_bulk`)."""
+        if any(type(layer) is not Layer for layer in self.layers):
+            return None                 # a layer of the user's own: its __call__ runs
+        layers = [layer.neurons for layer in self.layers]
+        if len(self._bulk) != len(layers):
+            self._bulk = [_BulkCache() for _ in layers]
+        specs = [_bulk_spec(ns, cache) for ns, cache in zip(layers, self._bulk)]
+        t = _record.bulk_target()
+        x = _bulk_inputs(x, len(layers[0][0].w))
+        if None in specs or t is None or x is None:
+            return None
+        found = _record.record_layers(t, specs, x)
+        if found is None:
+            return None
+        out, firsts = found
+        outer = _context.state.scope
+        rows: list[int] = []
+        paths: list[str] = []
+        for layer, ns, cache, first in zip(self.layers, layers, self._bulk, firsts):
+            rows += _neuron_rows(ns, first)
+            paths += cache.neuron_paths(ns, f"{outer}/{layer.name}" if outer else layer.name)
+        t.mark_scopes(rows, paths, outer)
+        return out
 
     def parameters(self) -> list[Value]:
         return [p for layer in self.layers for p in layer.parameters()]

@@ -53,20 +53,21 @@ def layer_pair(nin: int, nout: int, nonlin: object, seed: int = 0):
 
 @contextlib.contextmanager
 def bulk_calls():
-    """A list that counts the layer calls recorded in bulk meanwhile (the others: 0)."""
+    """A list of the bulk recordings of layers meanwhile: per call of the recorder, how
+    many layers it wrote (0: it left them to the loop)."""
     from tapegrad import _record
-    real, calls = _record.record_dots, []
+    real, calls = _record.record_layers, []
 
-    def spy(*args, **kwargs):
-        out = real(*args, **kwargs)
-        calls.append(int(out[0] is not None))
+    def spy(t, layers, x):
+        out = real(t, layers, x)
+        calls.append(0 if out is None else len(layers))
         return out
 
-    _record.record_dots = spy
+    _record.record_layers = spy
     try:
         yield calls
     finally:
-        _record.record_dots = real
+        _record.record_layers = real
 
 
 def neuron_by_neuron(layer: Layer, x):
@@ -136,7 +137,7 @@ def test_mlp_rows_scopes_and_gradients_equal_the_scalar_path():
     with Tape() as ta, bulk_calls() as calls:     # a model of the default tape:
         loss = sum((model([Value(v) for v in x]) - 1.0) ** 2 for x in xs)
         loss.backward()
-    assert calls == [0, 0, 0, 1, 1, 1]           # the loop, then bulk once mirrored
+    assert calls == [0, 0, 0, 0, 3]              # the loop, then bulk once mirrored
     with Tape() as tb:
         def ref_model(x):
             for layer in ref.layers:
@@ -147,6 +148,32 @@ def test_mlp_rows_scopes_and_gradients_equal_the_scalar_path():
     assert_same_rows(ta, tb)
     assert "layer1/neuron15" in ta.scope_names
     assert [p.grad for p in model.parameters()] == [p.grad for p in ref.parameters()]
+
+
+def test_an_mlp_with_a_layer_of_the_users_own_calls_it():
+    """The MLP records its layers in one go only when they are plain Layers: a layer
+    subclass (or any module) put in ``layers`` is called, and the others still match."""
+    class Scaled(Layer):
+        def __call__(self, x):
+            return [v * 0.5 for v in super().__call__(x)]
+
+    with Tape() as t, bulk_calls() as calls:
+        random.seed(4)
+        model = MLP(3, [16, 16, 1])
+        random.seed(4)
+        ref = MLP(3, [16, 16, 1])
+        for m in (model, ref):
+            scaled = Scaled(16, 16)
+            scaled.neurons = m.layers[1].neurons
+            scaled.name = "layer1"
+            m.layers[1] = scaled
+        x = [Value(0.5), Value(-1.0), Value(2.0)]
+        out = model(x)
+        want = x
+        for layer in ref.layers:
+            want = layer(want)
+    assert calls == [1, 1, 1, 1, 1, 1]            # layer by layer, the subclass too
+    assert out.data == want.data and len(t) > 0
 
 
 def test_bulk_layer_results_are_values_with_micrograd_graph_walks():
@@ -190,35 +217,22 @@ def test_weights_of_another_tape_are_recorded_in_bulk_once_mirrored():
     replay or a Function): the first call records the loop (it adds the weights'
     mirror rows where the loop uses them), later calls write the same rows in bulk and
     read the weights' current data."""
-    from tapegrad import _record
     bulk, loop = layer_pair(6, 5, "relu")
     xs = [[0.5, -1.0, 0.25, 2.0, -0.5, 1.0], [1.5, 0.5, -0.25, 0.0, 1.0, -2.0],
           [-1.0, 0.75, 0.5, -0.5, 2.0, 0.25]]
-    calls = []
-    real = _record.record_dots
-
-    def spy(*args, **kwargs):
-        out = real(*args, **kwargs)
-        calls.append(out[0] is not None)
-        return out
-
     tapes = []
     for layer, call in ((bulk, bulk), (loop, lambda x: neuron_by_neuron(loop, x))):
-        with Tape() as t:
-            _record.record_dots = spy
-            try:
-                outs = []
-                for x in xs:
-                    outs.append(call([Value(v) for v in x]))
-                    for p in layer.parameters():
-                        p.data *= 0.5             # seen by the next call
-            finally:
-                _record.record_dots = real
+        with Tape() as t, bulk_calls() as calls:
+            outs = []
+            for x in xs:
+                outs.append(call([Value(v) for v in x]))
+                for p in layer.parameters():
+                    p.data *= 0.5             # seen by the next call
             loss = sum(o * o for out in outs for o in out)
             loss.backward()
+        assert calls == ([0, 1, 1] if layer is bulk else [])   # the loop, then bulk
         tapes.append((t, [o.data for out in outs for o in out],
                       [p.grad for p in layer.parameters()]))
-    assert calls[:3] == [False, True, True]       # the loop, then bulk (rows memoized)
     (ta, da, ga), (tb, db, gb) = tapes
     assert_same_rows(ta, tb)
     assert da == db and ga == gb and any(ga)
