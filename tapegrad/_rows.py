@@ -109,7 +109,7 @@ class Rows:
         "_labels", "_custom", "_links", "_link_rows", "_reclaim", "_reclaim_min", "_reclaim_at",
         "_epoch", "_scope_names", "_scope_index", "_mark_rows", "_mark_ids", "_dropped",
         "_plans", "_replayed", "_blocks", "_bases", "cur", "cur_base", "cur_tid", "_threads",
-        "_views", "_reserved",
+        "_views", "_reserved", "big_levels",
         "__weakref__",
     )
 
@@ -120,6 +120,7 @@ class Rows:
         self.count = 0                 # rows recorded (flushed + staged)
         self._flushed = 0           # rows already in the NumPy columns
         self._reserved = 0          # rows up to this one may be written by write_rows
+        self.big_levels: set[int] = set()   # levels of roots too big for the row walk
         self.stage: list = []       # staged fields of rows _flushed..count
         self._cap = _FIRST_CAPACITY
         for col, dtype in _COLUMNS.items():

@@ -36,6 +36,7 @@ from .ops import OPS
 __all__ = ["Timing", "Columns", "backward", "SMALL_ROWS"]
 
 SMALL_ROWS = 1000    # graphs of up to this many rows are swept row by row in Python
+_BIG_LEVELS_KEPT = 64    # root levels remembered as "too big for the row walk", per tape
 _SKIP_SLACK = 64     # ... while the rows it skips stay within 64 + 2 per row swept
 _PLANS_KEPT = 2      # backward schedules kept per tape (by root)
 
@@ -64,13 +65,14 @@ class Timing:
         entry[1] += seconds
 
 
-def run_backward(t: Rows, root: int) -> None:
-    """``backward()`` of ``root`` as users call it: anomaly checks while a
-    ``detect_anomaly()`` block is open, timed for the innermost profiler probe."""
+def run_backward(t: Rows, root: int, level: int | None = None) -> None:
+    """``backward()`` of ``root`` (at ``level``, if the caller knows it) as users call
+    it: anomaly checks while a ``detect_anomaly()`` block is open, timed for the
+    innermost profiler probe."""
     anomaly = bool(_context.anomaly.depth)
     probe = _context.innermost_probe()
     if probe is None:
-        backward(t, root, anomaly)
+        backward(t, root, anomaly, level=level)
         return
     timing = Timing()
     start = perf_counter()
@@ -79,21 +81,32 @@ def run_backward(t: Rows, root: int) -> None:
 
 
 def backward(t: Rows, root: int, anomaly: bool = False,
-             timing: Timing | None = None) -> int:
+             timing: Timing | None = None, level: int | None = None) -> int:
     """Add d(root)/d(row) to the gradients of ``root``'s ancestors on ``t``; the number
     of non-leaf rows swept.
 
     With ``anomaly``, raises ``FloatingPointError`` at the first row (in sweep order)
     whose finite gradient times a local partial is nan or inf, before any gradient
     is written.
+
+    ``level``: the root's level, if known. The row-by-row sweep is tried first unless
+    a root of this level had a graph too big for it before (:attr:`Rows.big_levels`):
+    each step of a training loop, or a replay's backward, would walk
+    :data:`SMALL_ROWS` rows in Python only to give up.
     """
     if t.has_links():
         t.refresh_links()
-    if timing is None:
+    big = t.big_levels
+    if timing is None and (level is None or level not in big):
         swept = _small(t, root, SMALL_ROWS, anomaly)
         if swept >= 0:
             return swept
-    return _vectorized(t, root, anomaly, timing)
+    swept = _vectorized(t, root, anomaly, timing)
+    if level is not None and swept > SMALL_ROWS:
+        if len(big) >= _BIG_LEVELS_KEPT:
+            big.clear()
+        big.add(level)
+    return swept
 
 
 def _small(t: Rows, root: int, limit: int, anomaly: bool, slack: int = _SKIP_SLACK) -> int:

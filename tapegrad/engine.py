@@ -269,7 +269,7 @@ class Value:
         b = self._b
         t = b.rows
         t.check_alive()
-        _sweep.run_backward(t, self._o - b.shift)
+        _sweep.run_backward(t, self._o - b.shift, self._l)
 
     # -- micrograd's graph attributes ---------------------------------------------------
 

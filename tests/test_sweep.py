@@ -123,3 +123,31 @@ def test_graphs_spread_among_other_rows_match_the_reference(gap):
     want = [ref[v._o - v._b.shift] for v in leaves]
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=0)
     assert zero.grad == 0.0 and all(math.isfinite(g) for g in got)
+
+
+def test_roots_at_a_level_seen_big_skip_the_row_walk(monkeypatch):
+    """After a graph too big for the row-by-row sweep, roots of the same level go
+    straight to the vectorized sweep (a training loop's next step, a replay's next
+    backward); a small graph at that level gets the same gradients that way."""
+    from tapegrad import _sweep
+    walks = []
+    real = _sweep._small
+    monkeypatch.setattr(_sweep, "_small", lambda *a, **k: walks.append(1) or real(*a, **k))
+    with Tape():
+        xs = [Value(0.5 + 0.01 * k) for k in range(600)]
+        terms = [(x * x).relu() for x in xs]
+        while len(terms) > 1:                 # a tree of sums: 1,800 rows, level 12
+            terms = [a + b for a, b in zip(terms[::2], terms[1::2])] + terms[len(terms) & ~1:]
+        root = terms[0]
+        root.backward()
+        assert walks == [1]                   # tried, gave up
+        root.backward()
+        assert walks == [1]                   # remembered: no walk
+        u = Value(0.75)
+        small = u
+        while small._l < root._l:             # 12 rows at the root's level
+            small = small * 1.5
+        small.backward()
+        assert walks == [1] and small._l == root._l
+    assert u.grad == 1.5 ** root._l
+    assert [x.grad for x in xs[:3]] == [2 * (2 * x.data) for x in xs[:3]]   # 2 calls
