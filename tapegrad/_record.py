@@ -630,6 +630,8 @@ def record_layers(t: Rows, layers: list[tuple[list, list, Op | None, list | None
         return None
     sizes, n = [], len(x)
     for w, starts, act, _ in layers:
+        if len(w[0]) != n:              # sizes that do not chain: the layers say so
+            return None
         if type(starts[0]) is float and any(type(v) is not float for v in starts):
             return None
         sizes.append(len(w) * (2 * n + (act is not None)))

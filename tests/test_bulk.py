@@ -176,6 +176,17 @@ def test_an_mlp_with_a_layer_of_the_users_own_calls_it():
     assert out.data == want.data and len(t) > 0
 
 
+def test_an_mlp_whose_layer_sizes_do_not_chain_says_so():
+    """A layer whose neurons take fewer inputs than the layer before gives: the MLP
+    leaves it to the layers, and the neuron names the mismatch (as layer by layer)."""
+    with Tape():
+        random.seed(6)
+        model = MLP(3, [16, 16, 1])
+        model.layers[1].neurons = [Neuron(8) for _ in range(16)]
+        with pytest.raises(ValueError, match=r"Neuron\(8\) takes 8 inputs, got 16"):
+            model([Value(0.5), Value(-1.0), Value(2.0)])
+
+
 def test_bulk_layer_results_are_values_with_micrograd_graph_walks():
     random.seed(1)
     layer = Layer(4, 6)
