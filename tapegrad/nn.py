@@ -238,6 +238,12 @@ class _BulkCache:
         self.kinds: list = []
         self.paths: dict[str, list[str]] = {}
 
+    def __deepcopy__(self, memo: dict) -> _BulkCache:
+        return _BulkCache()             # a cache (holding a tape): a copy starts afresh
+
+    def __reduce__(self) -> tuple:
+        return _BulkCache, ()
+
     def neuron_paths(self, neurons: list[Neuron], layer: str) -> list[str]:
         """The neurons' scope paths inside the layer's scope path ``layer``."""
         paths = self.paths.get(layer)
