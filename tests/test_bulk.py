@@ -188,15 +188,17 @@ def test_an_mlp_whose_layer_sizes_do_not_chain_says_so():
 
 
 def test_a_model_deep_copied_after_a_call_records_like_the_original():
-    """The bulk caches hold the tape; a deep copy of a model starts with empty caches
-    and fresh parameters, and records the same values."""
+    """The bulk caches hold the tape; a deep copy (or a pickled copy) of a model starts
+    with empty caches and its own parameters, and records the same values."""
     import copy
+    import pickle
     random.seed(8)
     model = MLP(2, [16, 16, 1])
     x = [0.25, -0.5]
     first = model([Value(v) for v in x]).data
     twin = copy.deepcopy(model)
     assert twin([Value(v) for v in x]).data == first
+    assert pickle.loads(pickle.dumps(model))([Value(v) for v in x]).data == first
     twin.layers[-1].neurons[0].b.data += 1.0           # its own parameters
     assert model([Value(v) for v in x]).data == first != twin([Value(v) for v in x]).data
 
