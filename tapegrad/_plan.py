@@ -744,9 +744,9 @@ class Backward:
         self._consts = np.array(consts, float)
         # where the gather reads the constant 1 (-1: nowhere), see _constant_links
         self._one = size + consts.index(1.0) if 1.0 in consts else -1
-        self._gather = gather
         self._computed = computed
         self._gathered = gathered      # (rule, positions): for the timed path, op by op
+        self._gather = gather          # last: other threads test it (a shared schedule)
 
     def partials(self, values: np.ndarray, timing=None) -> np.ndarray:
         """Local partials of the rows in :attr:`order`, flat: slot 0 block, then slot 1."""
@@ -945,13 +945,14 @@ class Backward:
         links = ch.link_index()
         at_links = self._gather[links]
         varies = np.flatnonzero(~(at_links.reshape(ch.rows[1:].shape) == one).all(axis=1))
-        ch.ones_from = j = int(varies[-1]) + 1 if varies.size else 0
+        j = int(varies[-1]) + 1 if varies.size else 0
         scaled = np.flatnonzero(self._gather[ch.side_part] != one)
         if scaled.size < ch.side_part.size:
             ch.side_scaled, ch.side_scaled_part = scaled, ch.side_part[scaled]
         m, width = self.order.size, ch.rows.shape[1]
         flat = np.where(ch.side_part >= m, ch.side_part - m, ch.side_part) - ch.start
         ch.side_at = np.minimum(flat // width, j) * width + flat % width
+        ch.ones_from = j               # last: other threads test it (a shared schedule)
 
     def _anomaly(self, adj: np.ndarray, part: np.ndarray,
                  reach: np.ndarray | None) -> tuple[int, int, float, float] | None:
