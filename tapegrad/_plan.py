@@ -25,6 +25,7 @@ rows one level group at a time with ``np.add.at``, as the eager sweep does.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
@@ -620,8 +621,7 @@ class Backward:
     def __init__(self, plan: Plan, output: int, exact: bool | None = True) -> None:
         self.plan = plan
         self.output = output                  # local row
-        self.reached: np.ndarray | None = None
-        self.anomaly_found: tuple[int, int, float, float] | None = None
+        self._last = threading.local()        # each thread's last sweep: reached, anomaly
         ev = plan.evaluated
         differentiable = _DIFFERENTIABLE[plan.op[_graph.as_slice(ev)]]
         rows = ev if differentiable.all() else ev[differentiable]
@@ -712,6 +712,16 @@ class Backward:
                    else (self.t0, self.t1)[slots][a:b])
             self._sweep[k] = (a, b, order[a:b], tgt, slots)
         self._gather: np.ndarray | None = None      # see _partials_schedule
+
+    @property
+    def reached(self) -> np.ndarray | None:
+        """The reach mask of this thread's last sweep (None when the plan is exact)."""
+        return getattr(self._last, "reached", None)
+
+    @property
+    def anomaly_found(self) -> tuple[int, int, float, float] | None:
+        """What this thread's last sweep with ``anomaly`` found (see :meth:`run`)."""
+        return getattr(self._last, "anomaly", None)
 
     def _partials_schedule(self) -> None:
         """Built on first use: partials that are constants (``+``, ``-``, ``neg``) or
@@ -843,8 +853,8 @@ class Backward:
                     reach[g1[~dead]] = True
                 adj = be.add_at(adj, g0, w0)
                 adj = be.add_at(adj, g1, w1)
-        self.reached = reach
-        self.anomaly_found = (self._anomaly(be.to_numpy(adj), be.to_numpy(part), reach)
+        self._last.reached = reach
+        self._last.anomaly = (self._anomaly(be.to_numpy(adj), be.to_numpy(part), reach)
                               if anomaly else None)
         return adj
 
@@ -898,8 +908,8 @@ class Backward:
                     timing.groups.append((k, size, perf_counter() - start))
         if timing is not None:
             timing.lap("levels")
-        self.reached = reach
-        self.anomaly_found = self._anomaly(adj, part, reach) if anomaly else None
+        self._last.reached = reach
+        self._last.anomaly = self._anomaly(adj, part, reach) if anomaly else None
         return adj
 
     def _fold(self, ch: _FoldedChains, adj: np.ndarray, part: np.ndarray,

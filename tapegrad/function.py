@@ -17,6 +17,7 @@ on every call; list them among the inputs to vary them.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,6 +108,7 @@ class Function:
         self.single_output = single
         self._tape = tape
         self._epoch: int | None = None
+        self._compiling = threading.Lock()
 
     @property
     def n_inputs(self) -> int:
@@ -135,17 +137,20 @@ class Function:
         t = self._tape
         if self._epoch == t.epoch:
             return
-        cols = t.columns()
-        rows = self._program_rows(cols)
-        self._plan = Plan.build(cols, rows, self._in_rows)
-        self._in_local = self._plan.local(self._in_rows)
-        self._out_local = self._plan.local(self._out_rows)
-        self._backward: Backward | None = None
-        self._backends: dict = {}            # array API backends by (namespace, device)
-        self._directional: Directional | None = None
-        self._gradient: tuple | None = None       # (Function of the gradient, leaf positions)
-        self._patterns: dict = {}
-        self._epoch = t.epoch
+        with self._compiling:                # threads calling it first wait for one build
+            if self._epoch == t.epoch:
+                return
+            cols = t.columns()
+            rows = self._program_rows(cols)
+            self._plan = Plan.build(cols, rows, self._in_rows)
+            self._in_local = self._plan.local(self._in_rows)
+            self._out_local = self._plan.local(self._out_rows)
+            self._backward: Backward | None = None
+            self._backends: dict = {}        # array API backends by (namespace, device)
+            self._directional: Directional | None = None
+            self._gradient: tuple | None = None   # (Function of the gradient, leaf positions)
+            self._patterns: dict = {}
+            self._epoch = t.epoch            # last: other threads test it
 
     def _program_rows(self, cols: Any) -> np.ndarray:
         """Set the input, output and guard rows; the tape rows a call evaluates or reads."""
@@ -346,10 +351,7 @@ class Function:
         if is_foreign_array(x):
             return self._value_and_grad_array(x)
         self._compile()
-        if self._backward is None:
-            # not exact: rows that only feed a guard are in the plan, not in the gradient
-            self._backward = Backward(self._plan, int(self._out_local[0]),
-                                      exact=self._guards.size == 0)
+        back = self._backward_schedule()
         batch, one = self._batch(x)
         if batch.shape[0] == 0:
             return np.empty(0), np.empty((0, self.n_inputs))
@@ -358,8 +360,8 @@ class Function:
         for part in self._chunks(batch):
             values = self._values(part)
             self._run(values)
-            adj = self._backward.run(values, anomaly=anomaly, chain_rows=False)
-            found = self._backward.anomaly_found
+            adj = back.run(values, anomaly=anomaly, chain_rows=False)
+            found = back.anomaly_found
             if found is not None:
                 local, slot, partial, grad = found
                 raise_anomaly(self._tape.rows_object(), int(self._plan.rows[local]), slot,
@@ -372,14 +374,22 @@ class Function:
 
     # -- derivatives beyond one gradient (docs/derivatives.md) --------------------------
 
+    def _backward_schedule(self) -> Backward:
+        """The backward schedule of the (compiled) plan, built on first use."""
+        back = self._backward
+        if back is None:
+            # not exact: rows that only feed a guard are in the plan, not in the gradient
+            back = self._backward = Backward(self._plan, int(self._out_local[0]),
+                                             exact=self._guards.size == 0)
+        return back
+
     def _sweeps(self) -> Directional:
         self._compile()
-        if self._directional is None:
-            if self._backward is None:
-                self._backward = Backward(self._plan, int(self._out_local[0]),
-                                          exact=self._guards.size == 0)
-            self._directional = Directional(self._backward, self._in_local, self._out_local)
-        return self._directional
+        sweeps = self._directional
+        if sweeps is None:
+            sweeps = self._directional = Directional(self._backward_schedule(),
+                                                     self._in_local, self._out_local)
+        return sweeps
 
     def directional(self, batch: object, seeds: object, reverse: bool = False) -> np.ndarray:
         """Many directional derivatives at once: ``J @ S`` or ``J.T @ S`` per sample.
@@ -902,14 +912,12 @@ class Function:
 
     def _value_and_grad_array(self, x: Any) -> tuple[Any, Any]:
         self._compile()
-        if self._backward is None:
-            self._backward = Backward(self._plan, int(self._out_local[0]),
-                                      exact=self._guards.size == 0)
+        back = self._backward_schedule()
         be, values, one = self._array_values(x)
         anomaly = bool(_context.anomaly.depth)
         values = self._plan.run_array(values, be, self._tape.describe, anomaly=anomaly)
-        adj = self._backward.run_array(values, be, anomaly=anomaly)
-        found = self._backward.anomaly_found
+        adj = back.run_array(values, be, anomaly=anomaly)
+        found = back.anomaly_found
         if found is not None:
             local, slot, partial, grad = found
             raise_anomaly(self._tape.rows_object(), int(self._plan.rows[local]), slot,

@@ -171,6 +171,29 @@ def test_replays_and_functions_in_threads_equal_sequential_runs(busy_switching):
         assert grads.tobytes() == egrads.tobytes()
 
 
+def test_one_function_called_first_from_many_threads(busy_switching):
+    """Threads share one Function whose schedule is built on first use (folded sums,
+    their constant links, the partials' gather): all of them, calling it at once for
+    the first time, get exactly the sequential results."""
+    def build() -> tuple[Function, list[np.ndarray]]:
+        rng = random.Random(3)
+        with Tape():
+            x = [Value(0.0) for _ in range(8)]
+            w1 = [[Value(rng.uniform(-1, 1)) for _ in range(8)] for _ in range(12)]
+            w2 = [Value(rng.uniform(-1, 1)) for _ in range(12)]
+            h = [sum((a * b for a, b in zip(ws, x)), Value(0.1)).relu() for ws in w1]
+            out = sum((a * b for a, b in zip(w2, h)), Value(-0.2)).tanh()
+        batches = [np.random.default_rng(k).normal(size=(5, 8)) for k in range(N_THREADS)]
+        return Function(inputs=x, outputs=out), batches
+
+    f, batches = build()
+    expected = [f.value_and_grad(b) for b in batches]
+    f, batches = build()                      # a fresh Function: nothing built yet
+    got = run_in_threads(lambda k: f.value_and_grad(batches[k]))
+    for (v, g), (ev, eg) in zip(got, expected):
+        assert v.tobytes() == ev.tobytes() and g.tobytes() == eg.tobytes()
+
+
 def test_a_model_built_in_one_thread_trains_in_another():
     """Parameters live on the main thread's default tape; another thread records the
     loss on its own tape (the parameters are linked in) and steps them."""
