@@ -711,6 +711,11 @@ class Backward:
             tgt = (np.concatenate((self.t0[a:b], self.t1[a:b])) if slots == 2  # unkept
                    else (self.t0, self.t1)[slots][a:b])
             self._sweep[k] = (a, b, order[a:b], tgt, slots)
+        # whether the sweep reads any slot-1 partial (a recurrence x = x * c + d reads
+        # none: every link and side edge is slot 0); if not, it gathers half of them
+        self._slot1_read = any(slots for *_, slots in self._sweep.values()) or any(
+            ch.links is not None or bool((ch.side_part >= m).any())
+            for chs in self.chains.values() for ch in chs)
         self._gather: np.ndarray | None = None      # see _partials_schedule
 
     @property
@@ -758,14 +763,17 @@ class Backward:
         self._gathered = gathered      # (rule, positions): for the timed path, op by op
         self._gather = gather          # last: other threads test it (a shared schedule)
 
-    def partials(self, values: np.ndarray, timing=None) -> np.ndarray:
-        """Local partials of the rows in :attr:`order`, flat: slot 0 block, then slot 1."""
+    def partials(self, values: np.ndarray, timing=None, slot1: bool = True) -> np.ndarray:
+        """Local partials of the rows in :attr:`order`, flat: slot 0 block, then slot 1
+        (without ``slot1``, the slot 0 block only)."""
         if self._gather is None:
             self._partials_schedule()
         ext = np.empty((values.shape[0] + self._consts.size,) + values.shape[1:])
         ext[:values.shape[0]] = values
         ext[values.shape[0]:] = _column(self._consts, values)
-        if timing is None:
+        if not slot1 and timing is None:
+            part = ext.take(self._gather[:self.order.size], axis=0)
+        elif timing is None:
             part = ext.take(self._gather, axis=0)
         else:                                  # the same gather, op by op
             part = np.zeros((self._gather.size,) + values.shape[1:])
@@ -782,7 +790,7 @@ class Backward:
                                        None if t1 is None else values.take(t1, axis=0),
                                        None if out is None else values.take(out, axis=0))
                 part[at] = d0
-                if at1 is not None:
+                if at1 is not None and slot1:
                     part[at1] = d1
                 if timing is not None:
                     timing.op(rule.name, at.size, perf_counter() - start)
@@ -870,13 +878,13 @@ class Backward:
         """
         if timing is not None:
             timing.lap("schedule")
-        part = self.partials(values, timing)
+        part = self.partials(values, timing, slot1=self._slot1_read or anomaly)
         if timing is not None:
             timing.lap("partials")
         t0, t1, sweep = self.t0, self.t1, self._sweep
         full = chain_rows or anomaly or not self.exact
         m = self.order.size
-        pair = part.reshape((2, m) + part.shape[1:])     # [slot, position]
+        pair = part.reshape((2 if part.shape[0] == 2 * m else 1, m) + part.shape[1:])
         adj = np.zeros(values.shape)
         adj[self.output] = 1.0
         reach = None
