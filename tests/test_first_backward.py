@@ -300,3 +300,22 @@ def test_runs_are_the_consecutive_chains():
         if cur:
             want.append(cur)
         assert got == want
+
+
+def test_recurrences_gather_slot_zero_partials_only(monkeypatch):
+    """x = x * c + d reads no slot-1 partial (the constants' adjoints are not kept):
+    the sweep gathers half of them, the first half of the full gather."""
+    monkeypatch.setattr(_sweep, "SMALL_ROWS", 0)
+    with Tape() as tape:
+        x0 = Value(1.0)
+        x = x0
+        for _ in range(2000):
+            x = x * 1.0001 + 1e-4
+        x.backward()
+        plan, back = tape.rows_object().plan(("structure",))
+        values = plan.new_values()
+        values[: plan.rows.size] = tape.values[plan.rows]
+        full, half = back.partials(values), back.partials(values, slot1=False)
+    assert not back._slot1_read and half.size * 2 == full.size
+    assert np.array_equal(half, full[: half.size])
+    assert x0.grad == pytest.approx(1.0001 ** 2000, rel=1e-12)
