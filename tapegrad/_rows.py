@@ -36,6 +36,7 @@ import array
 import bisect
 import itertools
 import sys
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -485,7 +486,7 @@ class Rows:
             self._mark_rows.append(row)
             self._mark_ids.append(sid)
 
-    def mark_scopes(self, rows: range, paths: list[str], then: str) -> None:
+    def mark_scopes(self, rows: Sequence[int], paths: list[str], then: str) -> None:
         """Scope marks for rows just written in bulk: from ``rows[k]`` on, ``paths[k]``
         (``rows`` ascending, past the last mark); from the next row recorded on,
         ``then``."""
