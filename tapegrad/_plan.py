@@ -664,16 +664,6 @@ class Backward:
         self.order = order
         self.t0 = plan.x[order]
         self.t1 = plan.y[order]
-        op = plan.op[order]
-        present = np.zeros(256, bool)         # (a bincount would copy op to intp)
-        present[op.view(np.uint8)] = True
-        codes = np.flatnonzero(present)
-        if codes.size <= 8:                  # a pass per op beats a sort of every row
-            self.by_op = [(OPS[int(c)], np.flatnonzero(op == c)) for c in codes.tolist()]
-        else:
-            by_op, cuts = _graph.level_groups(op, descending=False)
-            self.by_op = [(OPS[int(op[by_op[a]])], by_op[a:b])
-                          for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist())]
         self.groups: dict[int, tuple[int, int]] = {
             int(key[rest[a]]): (a, b) for a, b in zip(starts[:-1].tolist(), starts[1:].tolist())}
         self.chains: dict[int, list[_FoldedChains]] = {}
@@ -728,28 +718,44 @@ class Backward:
         """What this thread's last sweep with ``anomaly`` found (see :meth:`run`)."""
         return getattr(self._last, "anomaly", None)
 
-    def _partials_schedule(self) -> None:
+    def by_op(self) -> list[tuple[Op, np.ndarray]]:
+        """(op, positions in :attr:`order`) of each op among the rows (worked out when
+        asked: the partials' schedule, the array API and the timed paths)."""
+        op = self.plan.op[self.order]
+        present = np.zeros(256, bool)         # (a bincount would copy op to intp)
+        present[op.view(np.uint8)] = True
+        codes = np.flatnonzero(present)
+        if codes.size <= 8:                  # a pass per op beats a sort of every row
+            return [(OPS[int(c)], np.flatnonzero(op == c)) for c in codes.tolist()]
+        by_op, cuts = _graph.level_groups(op, descending=False)
+        return [(OPS[int(op[by_op[a]])], by_op[a:b])
+                for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist())]
+
+    def _partials_schedule(self, slot1: bool) -> None:
         """Built on first use: partials that are constants (``+``, ``-``, ``neg``) or
         operand values (``*``) come from ONE ``np.take`` of the values extended by the
-        constants (:attr:`_gather`, 2m entries); the other ops are computed per call
-        from precomputed operand rows (:attr:`_computed`)."""
+        constants (:attr:`_gather`: m entries per slot, slot 1 only with ``slot1``);
+        the other ops are computed per call from precomputed operand rows
+        (:attr:`_computed`)."""
         m, size = self.order.size, self.plan.size
         consts = [0.0]                          # slot 1 of unary ops: zero, as before
-        gather = np.full(2 * m, size, np.intp)
-        computed, gathered = [], []
-        for rule, at in self.by_op:
+        gather = np.full((2 if slot1 else 1) * m, size, np.intp)
+        computed, gathered = [], set()
+        for rule, at in self.by_op():
             if rule is MUL:
-                gather[at], gather[m + at] = self.t1[at], self.t0[at]
-                gathered.append((rule, at))
+                gather[at] = self.t1[at]
+                if slot1:
+                    gather[m + at] = self.t0[at]
+                gathered.add(rule)
                 continue
             if not rule.reads:
                 d = rule.partials(None, None, None)
                 if all(np.ndim(v) == 0 for v in d):
-                    for slot, v in enumerate(d[:rule.arity]):
+                    for slot, v in enumerate(d[:rule.arity if slot1 else 1]):
                         if v not in consts:
                             consts.append(v)
                         gather[slot * m + at] = size + consts.index(v)
-                    gathered.append((rule, at))
+                    gathered.add(rule)
                     continue
             operands = "x" in rule.reads or "y" in rule.reads
             computed.append((rule, at, m + at if rule.arity == 2 else None,
@@ -760,28 +766,31 @@ class Backward:
         # where the gather reads the constant 1 (-1: nowhere), see _constant_links
         self._one = size + consts.index(1.0) if 1.0 in consts else -1
         self._computed = computed
-        self._gathered = gathered      # (rule, positions): for the timed path, op by op
+        self._gathered = gathered      # the ops gathered: for the timed path, op by op
         self._gather = gather          # last: other threads test it (a shared schedule)
 
     def partials(self, values: np.ndarray, timing=None, slot1: bool = True) -> np.ndarray:
         """Local partials of the rows in :attr:`order`, flat: slot 0 block, then slot 1
         (without ``slot1``, the slot 0 block only)."""
-        if self._gather is None:
-            self._partials_schedule()
+        m = self.order.size
+        slot1 = slot1 or timing is not None
+        gather = self._gather
+        if gather is None or (slot1 and gather.size < 2 * m):
+            self._partials_schedule(slot1 or self._slot1_read)
+            gather = self._gather
         ext = np.empty((values.shape[0] + self._consts.size,) + values.shape[1:])
         ext[:values.shape[0]] = values
         ext[values.shape[0]:] = _column(self._consts, values)
-        if not slot1 and timing is None:
-            part = ext.take(self._gather[:self.order.size], axis=0)
-        elif timing is None:
-            part = ext.take(self._gather, axis=0)
+        if timing is None:
+            part = ext.take(gather if slot1 else gather[:m], axis=0)
         else:                                  # the same gather, op by op
-            part = np.zeros((self._gather.size,) + values.shape[1:])
-            m = self.order.size
-            for rule, at in self._gathered:
+            part = np.zeros((gather.size,) + values.shape[1:])
+            for rule, at in self.by_op():
+                if rule not in self._gathered:
+                    continue
                 start = perf_counter()
                 pos = np.concatenate((at, m + at))
-                part[pos] = ext.take(self._gather[pos], axis=0)
+                part[pos] = ext.take(gather[pos], axis=0)
                 timing.op(rule.name, at.size, perf_counter() - start)
         with np.errstate(all="ignore"):
             for rule, at, at1, t0, t1, out in self._computed:
@@ -800,20 +809,20 @@ class Backward:
         """Host index arrays the array API sweep reads (kept, so backends cache them)."""
         if getattr(self, "_array_rows", None) is None:
             m = self.order.size
-            hi = [m + at for _, at in self.by_op]
+            ops = [(rule, at, m + at) for rule, at in self.by_op()]   # slot 0, slot 1
             groups = {k: (self.order[a:b], self.t0[a:b], self.t1[a:b],
                           np.arange(a, b), np.arange(m + a, m + b))
                       for k, (a, b) in self.groups.items()}
             tops = {id(ch): ch.rows[:1] for chs in self.chains.values() for ch in chs}
-            self._array_rows = (hi, groups, tops, np.array([self.output]))
+            self._array_rows = (ops, groups, tops, np.array([self.output]))
         return self._array_rows
 
     def partials_array(self, values: Any, be: Any) -> Any:
         """:meth:`partials` for a ``(size, B)`` array of another library (backend ``be``)."""
         order, t0, t1 = self.order, self.t0, self.t1
-        hi = self._array_schedule()[0]
+        ops = self._array_schedule()[0]
         part = be.zeros(2 * order.size, values.shape[1])
-        for (rule, at), upper in zip(self.by_op, hi):
+        for rule, at, upper in ops:
             operands = "x" in rule.reads or "y" in rule.reads
             x = be.take(values, t0[at]) if operands else None
             y = be.take(values, t1[at]) if operands else None

@@ -411,7 +411,7 @@ def _reference_adjoints(back, values: np.ndarray) -> np.ndarray:
     plan, order, m = back.plan, back.order, back.order.size
     part = np.zeros((2 * m,) + values.shape[1:])
     with np.errstate(all="ignore"):
-        for rule, at in back.by_op:
+        for rule, at in back.by_op():
             d0, d1 = rule.partials(values[back.t0[at]], values[back.t1[at]], values[order[at]])
             part[at] = d0
             if rule.arity == 2:
