@@ -554,7 +554,7 @@ class _DotLayout:
         self.rel = np.stack((rel0.ravel(), rel1.ravel()))     # 1: relative to the first row
         # the ``low`` column (Rows._set_low): each row's own row and its non-leaf operand
         # rows, the least of them; the rows' own operands are relative (rows written
-        # together), weights and starts absolute, inputs' rows per call (record_dots)
+        # together), weights and starts absolute, inputs' rows per call (_write_dots)
         own = np.arange(self.op.size)
         self.low_rel = np.where(self.rel, self.args, own).min(axis=0)
         np.minimum(self.low_rel, own, out=self.low_rel)

@@ -276,6 +276,30 @@ def _neuron_rows(neurons: list[Neuron], first: int) -> range:
     return range(first, first + stride * len(neurons), stride)
 
 
+def _record_in_bulk(layers: list[list[Neuron]], caches: list[_BulkCache], scopes: list[str],
+                    then: str, x: Sequence[Value | float]) -> list[Value] | None:
+    """Rows of layers of neurons, each reading the previous one's results, written in
+    bulk (:func:`_record.record_layers`) with the neurons' scope marks inside each
+    layer's scope path ``scopes[k]``, then ``then``; the last layer's results, or None
+    when the layers must be called (see :func:`_bulk_spec`, :func:`_bulk_inputs`)."""
+    specs = [_bulk_spec(ns, cache) for ns, cache in zip(layers, caches)]
+    t = _record.bulk_target()
+    x = _bulk_inputs(x, len(layers[0][0].w))
+    if None in specs or t is None or x is None:
+        return None
+    found = _record.record_layers(t, specs, x)
+    if found is None:
+        return None
+    out, firsts = found
+    rows: list[int] = []
+    paths: list[str] = []
+    for ns, cache, path, first in zip(layers, caches, scopes, firsts):
+        rows += _neuron_rows(ns, first)
+        paths += cache.neuron_paths(ns, path)
+    t.mark_scopes(rows, paths, then)
+    return out
+
+
 def _bulk_inputs(x: Any, nin: int) -> list | None:
     """A layer's inputs as the bulk recorders take them (exact ints as floats), or None
     if they are not a list or tuple of ``nin`` items."""
@@ -456,19 +480,8 @@ class Layer(_Scoped):
         call its neurons: a small layer (the loop is faster), neurons of a subclass or
         of mixed activations or sizes, inputs that are not all Values of the current
         tape or all floats, and under ``detect_anomaly``."""
-        spec = _bulk_spec(self.neurons, self._bulk)
-        t = _record.bulk_target()
-        x = _bulk_inputs(x, len(self.neurons[0].w))
-        if spec is None or t is None or x is None:
-            return None
-        found = _record.record_layers(t, [spec], x)
-        if found is None:
-            return None
-        out, (first,) = found
-        layer = _context.state.scope
-        t.mark_scopes(_neuron_rows(self.neurons, first),
-                      self._bulk.neuron_paths(self.neurons, layer), layer)
-        return out
+        layer = _context.state.scope          # this layer's scope, entered by __call__
+        return _record_in_bulk([self.neurons], [self._bulk], [layer], layer, x)
 
     def parameters(self) -> list[Value]:
         return [p for n in self.neurons for p in n.parameters()]
@@ -552,26 +565,12 @@ class MLP(Module):
         (see :meth:`Layer._record_bulk`)."""
         if any(type(layer) is not Layer for layer in self.layers):
             return None                 # a layer of the user's own: its __call__ runs
-        layers = [layer.neurons for layer in self.layers]
-        if len(self._bulk) != len(layers):
-            self._bulk = [_BulkCache() for _ in layers]
-        specs = [_bulk_spec(ns, cache) for ns, cache in zip(layers, self._bulk)]
-        t = _record.bulk_target()
-        x = _bulk_inputs(x, len(layers[0][0].w))
-        if None in specs or t is None or x is None:
-            return None
-        found = _record.record_layers(t, specs, x)
-        if found is None:
-            return None
-        out, firsts = found
+        if len(self._bulk) != len(self.layers):
+            self._bulk = [_BulkCache() for _ in self.layers]
         outer = _context.state.scope
-        rows: list[int] = []
-        paths: list[str] = []
-        for layer, ns, cache, first in zip(self.layers, layers, self._bulk, firsts):
-            rows += _neuron_rows(ns, first)
-            paths += cache.neuron_paths(ns, f"{outer}/{layer.name}" if outer else layer.name)
-        t.mark_scopes(rows, paths, outer)
-        return out
+        scopes = [f"{outer}/{layer.name}" if outer else layer.name for layer in self.layers]
+        return _record_in_bulk([layer.neurons for layer in self.layers], self._bulk, scopes,
+                               outer, x)
 
     def parameters(self) -> list[Value]:
         return [p for layer in self.layers for p in layer.parameters()]
