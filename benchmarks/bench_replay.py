@@ -89,6 +89,15 @@ def bench_steps(repeat: int, peer_steps: int) -> dict:
     return out
 
 
+def numba_available() -> bool:
+    """Whether the optional numba kernels can be loaded (``pip install -e ".[numba]"``)."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def bench_value_and_grad(repeat: int) -> dict:
     X, y = moons_data()
     random.seed(1337)
@@ -101,6 +110,15 @@ def bench_value_and_grad(repeat: int) -> dict:
     f.value_and_grad(theta)
     out = {"tapegrad": best(lambda: f.value_and_grad(theta), repeat)}
     value, grad = f.value_and_grad(theta)
+    out["numba"] = None
+    if numba_available():
+        previous = tapegrad.set_kernels("numba")
+        try:
+            _, numba_grad = f.value_and_grad(theta)
+            out["numba"] = best(lambda: f.value_and_grad(theta), repeat)
+            out["numba_agree"] = bool(np.allclose(numba_grad, grad, rtol=1e-12, atol=1e-15))
+        finally:
+            tapegrad.set_kernels(previous)
     try:
         import casadi
     except ImportError:
@@ -189,6 +207,13 @@ def main(argv: list[str] | None = None) -> int:
               f"results agree: {v['agree']}")
     else:
         print("  CasADi not installed (pip install casadi) - no peer figure")
+    if v["numba"] is not None:
+        peer = (f"; / CasADi = {v['numba'] / v['casadi']:.2f} (target <= 1.0)"
+                if v["casadi"] is not None else "")
+        print(f"  with the numba kernels: {v['numba'] * 1e3:.2f} ms{peer}; "
+              f"gradients equal the NumPy kernels' to 1e-12: {v['numba_agree']}")
+    else:
+        print("  numba not installed (pip install -e \".[numba]\") - no compiled-kernel figure")
     total_eager = g["eager_per_point"] * g["points"]
     print(f"MLP on a {g['points']:,}-point grid: one batched Function call {g['batched']:.3f} s, "
           f"eager point by point {total_eager:.1f} s (timed on a sample): "

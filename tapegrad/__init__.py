@@ -5,6 +5,7 @@ vectorized reverse sweep over integer opcodes.
 """
 
 from ._dask import WORKER_ENV as DASK_WORKER_ENV
+from ._kernels import kernels, set_kernels
 from ._plan import GuardError
 from .derivatives import grad
 from .engine import Value
@@ -27,5 +28,6 @@ from .tape import ResetTapeError, Tape, current_tape, detect_anomaly, scope
 
 __all__ = ["Value", "Tape", "Function", "current_tape", "scope", "detect_anomaly", "profile",
            "ResetTapeError", "GuardError", "defop", "atan2", "log1p", "expm1", "leaky_relu",
-           "maximum", "minimum", "clip", "heaviside", "dot", "grad", "DASK_WORKER_ENV"]
+           "maximum", "minimum", "clip", "heaviside", "dot", "grad", "DASK_WORKER_ENV", "kernels",
+           "set_kernels"]
 __version__ = "0.1.0"

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _graph
+from . import _graph, _kernels
 from .ops import (
     ADD,
     BINARY,
@@ -593,23 +593,146 @@ def _fold_paths(plan: Plan, pred: np.ndarray, in_rows: np.ndarray | slice) -> li
     return paths + _graph.runs(sum_pred, _FOLD_MIN)
 
 
+class _Partials:
+    """How to compute the local partials of rows laid out in ``order`` (operands
+    ``t0``, ``t1``): flat, slot 0 block then slot 1, in the layout's positions.
+
+    Partials that are constants (``+``, ``-``, ``neg``) or operand values (``*``) come
+    from ONE ``np.take`` of the values extended by the constants (:attr:`gather`: m
+    entries per slot, slot 1 only when asked for); the other ops are computed per call
+    from precomputed operand rows. Built on first use.
+    """
+
+    def __init__(self, plan: Plan, order: np.ndarray | slice, t0: np.ndarray,
+                 t1: np.ndarray) -> None:
+        self.plan, self.order, self.t0, self.t1 = plan, order, t0, t1
+        self.m = t0.size                      # rows laid out (``order`` may be a slice)
+        self.gather: np.ndarray | None = None
+
+    def _rows_at(self, at: np.ndarray) -> np.ndarray:
+        order = self.order
+        return at + order.start if isinstance(order, slice) else order[at]
+
+    def by_op(self) -> list[tuple[Op, np.ndarray]]:
+        """(op, positions in :attr:`order`) of each op among the rows."""
+        op = self.plan.op[self.order]
+        present = np.zeros(256, bool)         # (a bincount would copy op to intp)
+        present[op.view(np.uint8)] = True
+        codes = np.flatnonzero(present)
+        if codes.size <= 8:                  # a pass per op beats a sort of every row
+            return [(OPS[int(c)], np.flatnonzero(op == c)) for c in codes.tolist()]
+        by_op, cuts = _graph.level_groups(op, descending=False)
+        return [(OPS[int(op[by_op[a]])], by_op[a:b])
+                for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist())]
+
+    def _schedule(self, slot1: bool) -> None:
+        m, size = self.m, self.plan.size
+        consts = [0.0]                          # slot 1 of unary ops: zero, as before
+        gather = np.full((2 if slot1 else 1) * m, size, np.intp)
+        computed, gathered = [], set()
+        for rule, at in self.by_op():
+            if rule is MUL:
+                gather[at] = self.t1[at]
+                if slot1:
+                    gather[m + at] = self.t0[at]
+                gathered.add(rule)
+                continue
+            if not rule.reads:
+                d = rule.partials(None, None, None)
+                if all(np.ndim(v) == 0 for v in d):
+                    for slot, v in enumerate(d[:rule.arity if slot1 else 1]):
+                        if v not in consts:
+                            consts.append(v)
+                        gather[slot * m + at] = size + consts.index(v)
+                    gathered.add(rule)
+                    continue
+            operands = "x" in rule.reads or "y" in rule.reads
+            computed.append((rule, at, m + at if rule.arity == 2 else None,
+                             self.t0[at] if operands else None,
+                             self.t1[at] if operands else None,
+                             self._rows_at(at) if "o" in rule.reads else None))
+        self.consts = np.array(consts, float)
+        # where the gather reads the constant 1 (-1: nowhere), see Backward._constant_links
+        self.one = size + consts.index(1.0) if 1.0 in consts else -1
+        self.computed = computed
+        self.gathered = gathered       # the ops gathered: for the timed path, op by op
+        self.gather = gather           # last: other threads test it (a shared schedule)
+
+    def ready(self, slot1: bool) -> np.ndarray:
+        """The gather, built (again, with both slots) if it lacks what is asked for."""
+        gather = self.gather
+        if gather is None or (slot1 and gather.size < 2 * self.m):
+            self._schedule(slot1)
+            gather = self.gather
+        return gather
+
+    def compute(self, values: np.ndarray, timing=None, slot1: bool = True) -> np.ndarray:
+        """The partials (without ``slot1``: the slot 0 block only), shaped
+        ``(blocks * m,) + values.shape[1:]``."""
+        m = self.m
+        slot1 = slot1 or timing is not None
+        gather = self.ready(slot1)
+        ext = np.empty((values.shape[0] + self.consts.size,) + values.shape[1:])
+        ext[:values.shape[0]] = values
+        ext[values.shape[0]:] = _column(self.consts, values)
+        if timing is None:
+            part = ext.take(gather if slot1 else gather[:m], axis=0)
+        else:                                  # the same gather, op by op
+            part = np.zeros((gather.size,) + values.shape[1:])
+            for rule, at in self.by_op():
+                if rule not in self.gathered:
+                    continue
+                start = perf_counter()
+                pos = np.concatenate((at, m + at))
+                part[pos] = ext.take(gather[pos], axis=0)
+                timing.op(rule.name, at.size, perf_counter() - start)
+        with np.errstate(all="ignore"):
+            for rule, at, at1, t0, t1, out in self.computed:
+                start = perf_counter() if timing is not None else 0.0
+                d0, d1 = rule.partials(None if t0 is None else values.take(t0, axis=0),
+                                       None if t1 is None else values.take(t1, axis=0),
+                                       None if out is None else values.take(out, axis=0))
+                part[at] = d0
+                if at1 is not None and slot1:
+                    part[at1] = d1
+                if timing is not None:
+                    timing.op(rule.name, at.size, perf_counter() - start)
+        return part
+
+
+@dataclass
+class _RowLayout:
+    """The layout the compiled sweep reads: every row with partials, ascending."""
+
+    first: int              # the first row, when the rows are a range
+    rows: np.ndarray        # local rows; empty when they are the range from ``first``
+    x: np.ndarray           # their operands (constants and the sink included)
+    y: np.ndarray           # (rows, x, y: the plan's index dtype, int32 or int64)
+    slot1: bool             # whether some slot-1 operand is a row (else: slot 0 only)
+    partials: _Partials
+
+
 class Backward:
     """Reverse schedule of a plan for one output: adjoints of all its rows.
 
     The one backward schedule of tapegrad, for eager ``backward()`` (over the root's
-    ancestors), compiled backward after a replay, and ``Function`` gradients. Single-
-    reader chains of at least ``_FOLD_MIN`` rows whose rows follow one another are
-    folded into a reversed cumulative product of their link partials
-    (:func:`_fold_paths`, :meth:`_fold`); the other rows
-    go one level group at a time, highest level first: one gather of the group's
-    adjoints, one multiply by both slots' partials and one ``np.add.at`` (a slot whose
-    operands are all constants or the sink is left out: their adjoints are not kept).
+    ancestors), compiled backward after a replay, and ``Function`` gradients. Two
+    layouts of the same rows and partials serve it:
 
-    All rows with partials are laid out once in :attr:`order`: the level groups first
-    (highest level first, each a slice), then the folded chains. Partials are computed
-    in that order into one flat array (slot 0 block, then slot 1), so every step of
-    the sweep reads slices; partials that are constants or operand values come from
-    one ``take`` (:meth:`_partials_schedule`).
+    * **Level groups** (the NumPy kernels). Single-reader chains of at least
+      ``_FOLD_MIN`` rows whose rows follow one another are folded into a reversed
+      cumulative product of their link partials (:func:`_fold_paths`, :meth:`_fold`);
+      the other rows go one level group at a time, highest level first: one gather of
+      the group's adjoints, one multiply by both slots' partials and one
+      ``np.add.at`` (a slot whose operands are all constants or the sink is left out:
+      their adjoints are not kept). All rows with partials are laid out once in
+      :attr:`order`: the level groups first (highest level first, each a slice), then
+      the folded chains, so every step of the sweep reads slices of the partials.
+    * **Rows in order** (the numba kernels, :mod:`tapegrad._kernels`): one compiled
+      pass from the last row to the first, ``adj[operand] += partial * adj[row]``.
+
+    Each layout is built when first used (under a lock: a ``Function`` may be shared by
+    threads); anomaly detection and the array API path use the level groups.
 
     ``exact``: every row of the plan is an ancestor of the output. When not, a reach
     mask travels with the adjoints so that rows that do not reach the output neither
@@ -622,20 +745,79 @@ class Backward:
         self.plan = plan
         self.output = output                  # local row
         self._last = threading.local()        # each thread's last sweep: reached, anomaly
+        self._lock = threading.Lock()         # builds a layout once
         ev = plan.evaluated
         differentiable = _DIFFERENTIABLE[plan.op[_graph.as_slice(ev)]]
         rows = ev if differentiable.all() else ev[differentiable]
         self.rows = rows                      # local rows with partials, ascending
-        size = plan.size
-        index = np.int32 if 2 * size < 2**31 else np.int64
-        in_rows = _graph.as_slice(rows)       # a slice when the rows are a range: views
-        # operands are local rows, constants or the sink: never negative
-        fan = _graph.consumers(plan.x[in_rows], plan.y[in_rows], size, nonnegative=True)
+        fan = None
         if exact is None:
-            unread = fan[in_rows] == 0
+            fan = self._fan()
+            unread = fan[_graph.as_slice(rows)] == 0
             count = np.count_nonzero(unread)
             exact = count == 0 or (count == 1 and rows[int(unread.argmax())] == output)
         self.exact = exact
+        self._keys: list[int] | None = None   # the level layout, once built
+        self._row_layout: _RowLayout | None = None
+        if _kernels.compiled_sweep() is None:
+            self._build_levels(fan)
+
+    def _fan(self) -> np.ndarray:
+        in_rows = _graph.as_slice(self.rows)
+        # operands are local rows, constants or the sink: never negative
+        return _graph.consumers(self.plan.x[in_rows], self.plan.y[in_rows], self.plan.size,
+                                nonnegative=True)
+
+    def _levels(self) -> None:
+        """Build the level layout if it is not built yet."""
+        if self._keys is None:
+            with self._lock:
+                if self._keys is None:
+                    self._build_levels(None)
+
+    @property
+    def order(self) -> np.ndarray:
+        """Local row of each position of the level layout (see the class doc)."""
+        self._levels()
+        return self._order
+
+    @property
+    def t0(self) -> np.ndarray:
+        """Operand 0 (local row) of each position of :attr:`order`."""
+        self._levels()
+        return self._t0
+
+    @property
+    def t1(self) -> np.ndarray:
+        """Operand 1 of each position of :attr:`order`."""
+        self._levels()
+        return self._t1
+
+    @property
+    def groups(self) -> dict[int, tuple[int, int]]:
+        """Level -> (start, stop) positions in :attr:`order` of its unfolded rows."""
+        self._levels()
+        return self._groups
+
+    @property
+    def chains(self) -> dict[int, list[_FoldedChains]]:
+        """Level -> the blocks of folded chains whose top rows sit at that level."""
+        self._levels()
+        return self._chains
+
+    @property
+    def keys(self) -> list[int]:
+        """Levels of the level layout's steps (groups and folded blocks), highest first."""
+        self._levels()
+        return self._keys  # type: ignore[return-value]
+
+    def _build_levels(self, fan: np.ndarray | None) -> None:
+        plan, rows = self.plan, self.rows
+        size = plan.size
+        index = np.int32 if 2 * size < 2**31 else np.int64
+        in_rows = _graph.as_slice(rows)       # a slice when the rows are a range: views
+        if fan is None:
+            fan = self._fan()
         pred, pred_slot = _single_reader_links(plan, rows, in_rows, fan, index)
         key = plan.level
         folded = np.zeros(size, bool)
@@ -661,16 +843,15 @@ class Backward:
                 np.stack([path[::-1] for path in paths], axis=1, out=out)
             blocks.append(out)
             at += out.size
-        self.order = order
-        self.t0 = plan.x[order]
-        self.t1 = plan.y[order]
-        self.groups: dict[int, tuple[int, int]] = {
+        t0, t1 = plan.x[order], plan.y[order]
+        self._order, self._t0, self._t1 = order, t0, t1
+        self._groups: dict[int, tuple[int, int]] = {
             int(key[rest[a]]): (a, b) for a, b in zip(starts[:-1].tolist(), starts[1:].tolist())}
-        self.chains: dict[int, list[_FoldedChains]] = {}
+        self._chains: dict[int, list[_FoldedChains]] = {}
         at = rest.size                       # where each block's rows sit in ``order``
         for (k, _), out in zip(by_shape, blocks):
             # a block's operands are its slices of t0, t1; positions are ``at + offset``
-            operands = [t[at: at + out.size].reshape(out.shape) for t in (self.t0, self.t1)]
+            operands = [t[at: at + out.size].reshape(out.shape) for t in (t0, t1)]
             upper = out[:-1]
             # the operand slot each link reads (None: slot 0, all of them)
             slots = None if pred_slot is None else pred_slot[upper]
@@ -690,23 +871,42 @@ class Backward:
                 side_t.append(operand[use])
                 side_p.append(slot * m + at + np.flatnonzero(use))
             at += out.size
-            self.chains.setdefault(k, []).append(_FoldedChains(
+            self._chains.setdefault(k, []).append(_FoldedChains(
                 out, links, *map(np.concatenate, (side_c, side_t, side_p)), at - out.size))
-        self.keys = sorted(set(self.groups) | set(self.chains), reverse=True)
         n = plan.rows.size
         self._sweep = {}      # per level group: (a, b, consumers, targets, slots)
-        for k, (a, b) in self.groups.items():
-            used = (self.t0[a:b] < n).any(), (self.t1[a:b] < n).any()
+        for k, (a, b) in self._groups.items():
+            used = (t0[a:b] < n).any(), (t1[a:b] < n).any()
             slots = 2 if all(used) else int(used[1])    # 2: both; adjoints of constants
-            tgt = (np.concatenate((self.t0[a:b], self.t1[a:b])) if slots == 2  # unkept
-                   else (self.t0, self.t1)[slots][a:b])
+            tgt = (np.concatenate((t0[a:b], t1[a:b])) if slots == 2  # unkept
+                   else (t0, t1)[slots][a:b])
             self._sweep[k] = (a, b, order[a:b], tgt, slots)
         # whether the sweep reads any slot-1 partial (a recurrence x = x * c + d reads
         # none: every link and side edge is slot 0); if not, it gathers half of them
         self._slot1_read = any(slots for *_, slots in self._sweep.values()) or any(
             ch.links is not None or bool((ch.side_part >= m).any())
-            for chs in self.chains.values() for ch in chs)
-        self._gather: np.ndarray | None = None      # see _partials_schedule
+            for chs in self._chains.values() for ch in chs)
+        self._part = _Partials(plan, order, t0, t1)
+        self._keys = sorted(set(self._groups) | set(self._chains), reverse=True)   # last
+
+    def _rows_in_order(self) -> _RowLayout:
+        """The compiled sweep's layout, built on first use."""
+        layout = self._row_layout
+        if layout is None:
+            with self._lock:
+                layout = self._row_layout
+                if layout is None:
+                    plan = self.plan
+                    at = _graph.as_slice(self.rows)      # a range: views, no copies
+                    x, y = plan.x[at], plan.y[at]
+                    if isinstance(at, slice):
+                        first, rows = at.start, x[:0]
+                    else:
+                        first, rows = 0, self.rows.astype(x.dtype, copy=False)
+                    slot1 = bool((y < plan.rows.size).any())
+                    layout = self._row_layout = _RowLayout(
+                        first, rows, x, y, slot1, _Partials(plan, at, x, y))
+        return layout
 
     @property
     def reached(self) -> np.ndarray | None:
@@ -721,89 +921,14 @@ class Backward:
     def by_op(self) -> list[tuple[Op, np.ndarray]]:
         """(op, positions in :attr:`order`) of each op among the rows (worked out when
         asked: the partials' schedule, the array API and the timed paths)."""
-        op = self.plan.op[self.order]
-        present = np.zeros(256, bool)         # (a bincount would copy op to intp)
-        present[op.view(np.uint8)] = True
-        codes = np.flatnonzero(present)
-        if codes.size <= 8:                  # a pass per op beats a sort of every row
-            return [(OPS[int(c)], np.flatnonzero(op == c)) for c in codes.tolist()]
-        by_op, cuts = _graph.level_groups(op, descending=False)
-        return [(OPS[int(op[by_op[a]])], by_op[a:b])
-                for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist())]
-
-    def _partials_schedule(self, slot1: bool) -> None:
-        """Built on first use: partials that are constants (``+``, ``-``, ``neg``) or
-        operand values (``*``) come from ONE ``np.take`` of the values extended by the
-        constants (:attr:`_gather`: m entries per slot, slot 1 only with ``slot1``);
-        the other ops are computed per call from precomputed operand rows
-        (:attr:`_computed`)."""
-        m, size = self.order.size, self.plan.size
-        consts = [0.0]                          # slot 1 of unary ops: zero, as before
-        gather = np.full((2 if slot1 else 1) * m, size, np.intp)
-        computed, gathered = [], set()
-        for rule, at in self.by_op():
-            if rule is MUL:
-                gather[at] = self.t1[at]
-                if slot1:
-                    gather[m + at] = self.t0[at]
-                gathered.add(rule)
-                continue
-            if not rule.reads:
-                d = rule.partials(None, None, None)
-                if all(np.ndim(v) == 0 for v in d):
-                    for slot, v in enumerate(d[:rule.arity if slot1 else 1]):
-                        if v not in consts:
-                            consts.append(v)
-                        gather[slot * m + at] = size + consts.index(v)
-                    gathered.add(rule)
-                    continue
-            operands = "x" in rule.reads or "y" in rule.reads
-            computed.append((rule, at, m + at if rule.arity == 2 else None,
-                             self.t0[at] if operands else None,
-                             self.t1[at] if operands else None,
-                             self.order[at] if "o" in rule.reads else None))
-        self._consts = np.array(consts, float)
-        # where the gather reads the constant 1 (-1: nowhere), see _constant_links
-        self._one = size + consts.index(1.0) if 1.0 in consts else -1
-        self._computed = computed
-        self._gathered = gathered      # the ops gathered: for the timed path, op by op
-        self._gather = gather          # last: other threads test it (a shared schedule)
+        self._levels()
+        return self._part.by_op()
 
     def partials(self, values: np.ndarray, timing=None, slot1: bool = True) -> np.ndarray:
         """Local partials of the rows in :attr:`order`, flat: slot 0 block, then slot 1
         (without ``slot1``, the slot 0 block only)."""
-        m = self.order.size
-        slot1 = slot1 or timing is not None
-        gather = self._gather
-        if gather is None or (slot1 and gather.size < 2 * m):
-            self._partials_schedule(slot1 or self._slot1_read)
-            gather = self._gather
-        ext = np.empty((values.shape[0] + self._consts.size,) + values.shape[1:])
-        ext[:values.shape[0]] = values
-        ext[values.shape[0]:] = _column(self._consts, values)
-        if timing is None:
-            part = ext.take(gather if slot1 else gather[:m], axis=0)
-        else:                                  # the same gather, op by op
-            part = np.zeros((gather.size,) + values.shape[1:])
-            for rule, at in self.by_op():
-                if rule not in self._gathered:
-                    continue
-                start = perf_counter()
-                pos = np.concatenate((at, m + at))
-                part[pos] = ext.take(gather[pos], axis=0)
-                timing.op(rule.name, at.size, perf_counter() - start)
-        with np.errstate(all="ignore"):
-            for rule, at, at1, t0, t1, out in self._computed:
-                start = perf_counter() if timing is not None else 0.0
-                d0, d1 = rule.partials(None if t0 is None else values.take(t0, axis=0),
-                                       None if t1 is None else values.take(t1, axis=0),
-                                       None if out is None else values.take(out, axis=0))
-                part[at] = d0
-                if at1 is not None and slot1:
-                    part[at1] = d1
-                if timing is not None:
-                    timing.op(rule.name, at.size, perf_counter() - start)
-        return part
+        self._levels()
+        return self._part.compute(values, timing, slot1)
 
     def _array_schedule(self) -> tuple:
         """Host index arrays the array API sweep reads (kept, so backends cache them)."""
@@ -885,12 +1010,16 @@ class Backward:
         reader) keep adjoint 0, which saves a scatter per chain: for callers that read
         leaves only. Adjoints of constant rows and of the sink are not kept.
         """
+        kernel = _kernels.compiled_sweep()
+        if kernel is not None and timing is None and not anomaly:
+            return self._run_compiled(kernel, values)
+        self._levels()
         if timing is not None:
             timing.lap("schedule")
         part = self.partials(values, timing, slot1=self._slot1_read or anomaly)
         if timing is not None:
             timing.lap("partials")
-        t0, t1, sweep = self.t0, self.t1, self._sweep
+        t0, t1, sweep, chains = self._t0, self._t1, self._sweep, self._chains
         full = chain_rows or anomaly or not self.exact
         m = self.order.size
         pair = part.reshape((2 if part.shape[0] == 2 * m else 1, m) + part.shape[1:])
@@ -901,9 +1030,9 @@ class Backward:
             reach = np.zeros(self.plan.size, bool)
             reach[self.output] = True
         with np.errstate(all="ignore"):
-            for k in self.keys:
+            for k in self._keys:
                 start = perf_counter() if timing is not None else 0.0
-                for ch in self.chains.get(k, ()):
+                for ch in chains.get(k, ()):
                     self._fold(ch, adj, part, reach, full)
                 group = sweep.get(k)
                 if group is not None:
@@ -920,13 +1049,32 @@ class Backward:
                         reach[t1[a:b][~dead]] = True
                     np.add.at(adj, tgt, w.reshape((-1,) + g.shape[1:]))
                 if timing is not None:
-                    size = sum(ch.rows.size for ch in self.chains.get(k, ()))
+                    size = sum(ch.rows.size for ch in chains.get(k, ()))
                     size += group[1] - group[0] if group is not None else 0
                     timing.groups.append((k, size, perf_counter() - start))
         if timing is not None:
             timing.lap("levels")
         self._last.reached = reach
         self._last.anomaly = self._anomaly(adj, part, reach) if anomaly else None
+        return adj
+
+    def _run_compiled(self, kernel: Any, values: np.ndarray) -> np.ndarray:
+        """:meth:`run` by the compiled sweep over the rows in order (the numba kernels)."""
+        layout = self._rows_in_order()
+        m = layout.x.size
+        part = layout.partials.compute(values, slot1=layout.slot1)
+        samples = int(np.prod(values.shape[1:], dtype=np.intp))
+        adj = np.zeros(values.shape)
+        adj[self.output] = 1.0
+        reach = np.zeros(0, bool)
+        if not self.exact:
+            reach = np.zeros(self.plan.size, bool)
+            reach[self.output] = True
+        kernel(layout.first, layout.rows, layout.x, layout.y,
+               part.reshape(part.shape[0] // m if m else 1, m, samples),
+               adj.reshape(values.shape[0], samples), reach)
+        self._last.reached = None if self.exact else reach
+        self._last.anomaly = None
         return adj
 
     def _fold(self, ch: _FoldedChains, adj: np.ndarray, part: np.ndarray,
@@ -968,12 +1116,12 @@ class Backward:
     def _constant_links(self, ch: _FoldedChains) -> None:
         """Fill in ``ch``'s :attr:`~_FoldedChains.ones_from`, ``side_scaled`` and
         ``side_at`` from which partials the schedule takes from the constant 1."""
-        one = self._one
+        one, gather = self._part.one, self._part.gather
         links = ch.link_index()
-        at_links = self._gather[links]
+        at_links = gather[links]
         varies = np.flatnonzero(~(at_links.reshape(ch.rows[1:].shape) == one).all(axis=1))
         j = int(varies[-1]) + 1 if varies.size else 0
-        scaled = np.flatnonzero(self._gather[ch.side_part] != one)
+        scaled = np.flatnonzero(gather[ch.side_part] != one)
         if scaled.size < ch.side_part.size:
             ch.side_scaled, ch.side_scaled_part = scaled, ch.side_part[scaled]
         m, width = self.order.size, ch.rows.shape[1]

@@ -164,6 +164,7 @@ def _two_layer_net(samples: int, width: int = 12, guard: bool = False):
     return params, inner, root
 
 
+@pytest.mark.usefixtures("numpy_kernels")
 def test_interleaved_neuron_sums_fold_and_match_the_reference(monkeypatch):
     """The second folding pass takes sums whose rows interleave with other paths. Its
     blocks skip the running product where links are 1 and multiply only the side

@@ -428,6 +428,7 @@ def _reference_adjoints(back, values: np.ndarray) -> np.ndarray:
     return adj
 
 
+@pytest.mark.usefixtures("numpy_kernels")
 def test_backward_fast_paths_match_a_plain_np_add_at_sweep():
     """Groups whose targets repeat (x * x, x shared in one level) and groups with unique
     targets, unary ops (slot 1 unused), products with a constant: the adjoints of every
@@ -456,6 +457,7 @@ def test_backward_fast_paths_match_a_plain_np_add_at_sweep():
         assert np.array_equal(adj[f._in_local], ref[f._in_local])
 
 
+@pytest.mark.usefixtures("numpy_kernels")
 def test_backward_without_chain_rows_gives_the_same_leaf_adjoints():
     """Function gradients skip writing the adjoints of rows inside folded chains: the
     leaves' adjoints are bit-identical, the chain rows' stay 0."""
