@@ -13,6 +13,8 @@ Workloads (the user code is the same for both engines, only the import differs):
 * W3: a random layered DAG over 1000 leaves: each op combines a node of the previous
   layer with a random one (``*``, ``+``, ``-``, ``relu``, ``* 0.5``); 2·10^5 and 10^6
   ops, then ``sum`` of the last layer and ``backward``.
+* W1, W2 and W3 again on the optional numba kernels, when numba is installed (rows
+  marked ``[numba]``; their targets are the issue's targets for the compiled kernels).
 * Small graphs: 2,000 four-op graphs with their backward; 2,000 batch-size-1 SGD steps
   of ``MLP(2, [4, 1])``; a 3-op backward late on a 4·10^6-row tape against the same on
   an empty tape; a uniform random DAG of 2·10^5 ops whose root reaches few rows.
@@ -122,7 +124,7 @@ def moons_step(Value, model, X, y, k: int) -> float:
     return total_loss.data
 
 
-def bench_w1(steps: int, peer_steps: int, warm_up: int = 16) -> dict:
+def bench_w1(steps: int, peer_steps: int, warm_up: int = 16, peers: bool = True) -> dict:
     """Mean time per step (not the median, which would hide the periodic costs:
     tapegrad's default tape compacts about every 15 steps, micrograd's collector runs
     when it is on). tapegrad's steps follow ``warm_up`` steps in which the default tape
@@ -140,7 +142,7 @@ def bench_w1(steps: int, peer_steps: int, warm_up: int = 16) -> dict:
         times.append(time.perf_counter() - t0)
     out["tapegrad"] = statistics.mean(times)
     out["tapegrad_median"] = statistics.median(times)
-    for gc_on in (True, False):
+    for gc_on in (True, False) if peers else ():
         random.seed(1337)
         model = micrograd.nn.MLP(2, [16, 16, 1])
         with GC(gc_on):
@@ -167,7 +169,7 @@ def chain(Value, iterations: int):
     return x0, x
 
 
-def bench_w2(ops: int) -> dict:
+def bench_w2(ops: int, peers: bool = True) -> dict:
     iterations = ops // 2
     out = {"ops": 2 * iterations}
     with tapegrad.Tape() as tape:
@@ -181,6 +183,8 @@ def bench_w2(ops: int) -> dict:
         out["backward_s"], _ = timed(x.backward, 3)
         out["bytes_per_node"] = tape.nbytes / len(tape)
     tape.reset()
+    if not peers:
+        return out
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(1000)                 # Python's default, as users run it
     try:
@@ -229,7 +233,7 @@ def random_dag(Value, n_ops: int, width: int = 1000, seed: int = 0):
     return leaves, root, made + width
 
 
-def bench_w3(n_ops: int) -> dict:
+def bench_w3(n_ops: int, peers: bool = True) -> dict:
     out = {"ops": n_ops}
     with tapegrad.Tape() as tape:
         t0 = time.perf_counter()
@@ -244,6 +248,8 @@ def bench_w3(n_ops: int) -> dict:
         ours = [v.grad / 4 for v in leaves[:50]]    # 4 backward calls accumulated
     del leaves, root
     tape.reset()
+    if not peers:
+        return out
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 100_000))
     for gc_on in (True, False):
         with GC(gc_on):
@@ -445,6 +451,61 @@ def _peer_row(name: str, r: dict, target: str, scale: float = 1.0, unit=_ms) -> 
             f"{off / ours:.2f}x ({on / ours:.1f}x)", target)
 
 
+def numba_available() -> bool:
+    """Whether the optional numba kernels can be loaded (``pip install -e ".[numba]"``)."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def bench_numba(quick: bool, sizes: list[int]) -> dict | None:
+    """W1, W2 and W3 again on the numba kernels (their compile or cache load before)."""
+    if not numba_available():
+        print("numba not installed (pip install -e '.[numba]'): no compiled-kernel rows")
+        return None
+    print("numba kernels: W1, W2, W3 ...", flush=True)
+    t0 = time.perf_counter()
+    previous = tapegrad.set_kernels("numba")
+    out: dict = {"load_s": time.perf_counter() - t0}
+    try:
+        out["w1"] = bench_w1(steps=5 if quick else 30, peer_steps=0,
+                             warm_up=2 if quick else 16, peers=False)
+        out["w2"] = bench_w2(10**5 if quick else 10**6, peers=False)
+        out["w3"] = [bench_w3(n, peers=False) for n in sizes]
+    finally:
+        tapegrad.set_kernels(previous)
+    return out
+
+
+def numba_report(res: dict) -> list[tuple[str, ...]]:
+    """Rows for the numba kernels, against the same run's micrograd figures."""
+    nb = res.get("numba")
+    if not nb:
+        return []
+    w1, peer = nb["w1"], res["w1"]
+    rows = [(f"[numba] W1 moons step, mean (median {w1['tapegrad_median'] * 1e3:.1f} ms)",
+             _ms(w1["tapegrad"]), _ms(peer["micrograd_gc_off"]), _ms(peer["micrograd_gc_on"]),
+             f"{peer['micrograd_gc_off'] / w1['tapegrad']:.2f}x "
+             f"({peer['micrograd_gc_on'] / w1['tapegrad']:.1f}x)", ">= 5x faster")]
+    w2 = nb["w2"]
+    rows.append((f"[numba] W2 chain of {w2['ops']:,} ops, backward per op",
+                 f"{w2['backward_first_s'] / w2['ops'] * 1e9:.0f} ns first, "
+                 f"{w2['backward_s'] / w2['ops'] * 1e9:.1f} ns again", res["w2"]["micrograd"],
+                 "-", "-", "<= 10 ns (#13)"))
+    for w3, peer3 in zip(nb["w3"], res["w3"]):
+        n, first, again = w3["ops"], w3["tapegrad_backward_first_s"], w3["tapegrad_backward_s"]
+        rows.append((f"[numba] W3 layered DAG {n:,} ops, backward",
+                     f"{_ms(first)} first, {_ms(again)} again",
+                     _ms(peer3["micrograd_backward_s_gc_off"]),
+                     _ms(peer3["micrograd_backward_s_gc_on"]),
+                     f"{peer3['micrograd_backward_s_gc_off'] / first:.1f}x (first call, gc off); "
+                     f"{first / n * 1e9:.0f} / {again / n * 1e9:.1f} ns per op",
+                     "<= 15 ns per op (#13, 2e5)"))
+    return rows
+
+
 def report(res: dict) -> list[tuple[str, ...]]:
     """Rows: workload, tapegrad, micrograd gc off, micrograd gc on, ratio, target."""
     ns = lambda s: f"{s * 1e9:,.0f} ns"   # noqa: E731
@@ -525,9 +586,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"W3 {n} ...", flush=True)
         res["w3"].append(bench_w3(n))
     res["memory"] = bench_memory(sizes[-1])
+    res["numba"] = bench_numba(quick, sizes)
     res["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    rows = report(res)
+    rows = report(res) + numba_report(res)
     head = ("workload", "tapegrad", "micrograd gc off", "micrograd gc on",
             "ratio vs gc off (gc on)", "target")
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]

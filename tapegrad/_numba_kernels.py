@@ -1,35 +1,125 @@
-"""The backward's sequential accumulation as a numba-compiled loop (``tapegrad[numba]``).
+"""The backward's sequential accumulation as numba-compiled loops (``tapegrad[numba]``).
 
 Imported only by :mod:`tapegrad._kernels` when the numba kernels are selected. The
-partials still come from the op table's vectorized NumPy rules; this loop only replaces
+partials still come from the op table's vectorized NumPy rules; these loops only replace
 the level-by-level scatter of :class:`tapegrad._plan.Backward` with one pass over the
-rows, from the last to the first.
+rows, from the last to the first: ``adj[x[k]] += p0[k] * adj[row k]`` and the same for
+``y`` with ``p1`` (when ``p1`` is not empty: some slot-1 operand is a row).
+
+Row ``k`` is ``rows[k]``, or ``first + k`` when ``rows`` is empty (the rows are a
+range). Rows ascend and every operand row comes before its reader, so each row's adjoint
+is complete when it is read. A non-empty ``reach`` (seeded at the output) keeps rows
+that do not reach the output out: they neither pass anything on (no ``0 * inf``) nor
+mark their operands as reached.
+
+:func:`reverse_sweep` is the entry point. One sample (the eager backward, a
+``Function`` gradient at one point) goes through :func:`sweep_one`, which picks one of
+four loops before it starts: a loop that tests several run-time flags per row runs at
+half the speed (measured: 2.8 against 5.3 ns per row). Batches go through
+:func:`sweep_batch`, whose per-row tests are shared by the samples.
 """
 
 from __future__ import annotations
 
 from numba import njit
 
-# one compiled version per index width (plans use int32 where rows fit): no copies
-_SIGNATURES = [
-    f"void(int64, {ix}[::1], {ix}[::1], {ix}[::1], float64[:, :, ::1], float64[:, ::1], "
-    "boolean[::1])"
-    for ix in ("int32", "int64")
-]
+_IX = ("int32", "int64")      # one compiled version per index width: plans use int32
+_ONE = [f"void(int64, {ix}[::1], {ix}[::1], {ix}[::1], float64[::1], float64[::1], "
+        "float64[::1], boolean[::1])" for ix in _IX]
+_BATCH = [f"void(int64, {ix}[::1], {ix}[::1], {ix}[::1], float64[:, ::1], float64[:, ::1], "
+          "float64[:, ::1], boolean[::1])" for ix in _IX]
+_OPTIONS = {"cache": True, "nogil": True}
 
 
-@njit(_SIGNATURES, cache=True, nogil=True)
-def reverse_sweep(first, rows, x, y, part, adj, reach):  # pragma: no cover - compiled
-    """``adj[x[k]] += part[0, k] * adj[row k]`` and the same for ``y`` with
-    ``part[1, k]`` (when ``part`` has a slot-1 block), for ``k`` from the last row down.
+@njit(_ONE, **_OPTIONS)
+def _range(first, rows, x, y, p0, p1, adj, reach):  # pragma: no cover - compiled
+    # ``carry``: what row r passes to row r - 1 through operand x (a chain's link), kept
+    # in a register instead of stored and loaded again: a chain's adjoints then wait on
+    # a multiply and an add per row, not on memory (a 10^6-row chain: 5.5 -> 2.7 ns per
+    # row). It is the last term row r - 1 receives (from its lowest reader, and not
+    # when y is r - 1 too), so every sum is the plain loop's, in the same order.
+    both = p1.size > 0
+    carry = 0.0
+    for k in range(x.size - 1, -1, -1):
+        r = first + k
+        g = adj[r] + carry
+        adj[r] = g
+        carry = 0.0
+        i = x[k]
+        linked = i == r - 1
+        if both:
+            j = y[k]
+            linked = linked and j != i
+            if linked:
+                adj[j] += p1[k] * g
+                carry = p0[k] * g
+            else:
+                adj[i] += p0[k] * g
+                adj[j] += p1[k] * g
+        elif linked:
+            carry = p0[k] * g
+        else:
+            adj[i] += p0[k] * g
+    if x.size:
+        adj[first - 1] += carry
 
-    Row ``k`` is ``rows[k]``, or ``first + k`` when ``rows`` is empty (the rows are a
-    range). Rows ascend and every operand row comes before its reader, so each row's
-    adjoint is complete when it is read. ``adj`` is ``(rows, samples)``. A non-empty
-    ``reach`` (seeded at the output) keeps rows that do not reach the output out: they
-    neither pass anything on (no ``0 * inf``) nor mark their operands as reached.
-    """
-    both = part.shape[0] == 2
+
+@njit(_ONE, **_OPTIONS)
+def _listed(first, rows, x, y, p0, p1, adj, reach):  # pragma: no cover - compiled
+    both = p1.size > 0
+    for k in range(x.size - 1, -1, -1):
+        g = adj[rows[k]]
+        adj[x[k]] += p0[k] * g
+        if both:
+            adj[y[k]] += p1[k] * g
+
+
+@njit(_ONE, **_OPTIONS)
+def _range_masked(first, rows, x, y, p0, p1, adj, reach):  # pragma: no cover - compiled
+    both = p1.size > 0
+    for k in range(x.size - 1, -1, -1):
+        r = first + k
+        if reach[r]:
+            g = adj[r]
+            reach[x[k]] = True
+            adj[x[k]] += p0[k] * g
+            if both:
+                reach[y[k]] = True
+                adj[y[k]] += p1[k] * g
+
+
+@njit(_ONE, **_OPTIONS)
+def _listed_masked(first, rows, x, y, p0, p1, adj, reach):  # pragma: no cover - compiled
+    both = p1.size > 0
+    for k in range(x.size - 1, -1, -1):
+        r = rows[k]
+        if reach[r]:
+            g = adj[r]
+            reach[x[k]] = True
+            adj[x[k]] += p0[k] * g
+            if both:
+                reach[y[k]] = True
+                adj[y[k]] += p1[k] * g
+
+
+@njit(_ONE, **_OPTIONS)
+def sweep_one(first, rows, x, y, p0, p1, adj, reach):  # pragma: no cover - compiled
+    """The sweep for one sample: ``p0``, ``p1``, ``adj`` are 1-d."""
+    if reach.size:
+        if rows.size:
+            _listed_masked(first, rows, x, y, p0, p1, adj, reach)
+        else:
+            _range_masked(first, rows, x, y, p0, p1, adj, reach)
+    elif rows.size:
+        _listed(first, rows, x, y, p0, p1, adj, reach)
+    else:
+        _range(first, rows, x, y, p0, p1, adj, reach)
+
+
+@njit(_BATCH, **_OPTIONS)
+def sweep_batch(first, rows, x, y, p0, p1, adj, reach):  # pragma: no cover - compiled
+    """The sweep for a batch: ``p0``, ``p1``, ``adj`` are ``(rows, samples)``."""
+    both = p1.size > 0
     masked = reach.size > 0
     listed = rows.size > 0
     samples = adj.shape[1]
@@ -45,6 +135,17 @@ def reverse_sweep(first, rows, x, y, part, adj, reach):  # pragma: no cover - co
                 reach[j] = True
         for s in range(samples):
             g = adj[r, s]
-            adj[i, s] += part[0, k, s] * g
+            adj[i, s] += p0[k, s] * g
             if both:
-                adj[j, s] += part[1, k, s] * g
+                adj[j, s] += p1[k, s] * g
+
+
+def reverse_sweep(first, rows, x, y, part, adj, reach) -> None:
+    """The sweep: ``part`` is ``(blocks, rows, samples)`` (``blocks`` 1: slot 0 only),
+    ``adj`` is ``(plan rows, samples)``, both C-contiguous; ``adj`` is updated in place."""
+    p0 = part[0]
+    p1 = part[1] if part.shape[0] == 2 else p0[:0]
+    if adj.shape[1] == 1:
+        sweep_one(first, rows, x, y, p0[:, 0], p1[:, 0], adj[:, 0], reach)
+    else:
+        sweep_batch(first, rows, x, y, p0, p1, adj, reach)

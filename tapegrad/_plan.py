@@ -72,6 +72,29 @@ def _run_sequential(step: _SequentialStep, values: np.ndarray) -> None:
             values[r] = OPS[code].forward(values[i], values[j])
 
 
+KEEP_PAGES_FROM = 1 << 15   # plans of this many local rows or more: sweeps of a MiB and more
+
+
+def keep_pages() -> None:
+    """Let big sweeps reuse memory between calls instead of page-faulting it anew.
+
+    glibc's malloc serves a request above its mmap threshold with fresh pages from
+    ``mmap``, and hands heap memory above its trim threshold back to the system on
+    ``free``: every sweep would page-fault its value, partial and adjoint arrays again
+    (about 0.65 ms per MB here; a 10^6-row chain peaks near 60 MB). The thresholds start
+    at 128 KiB and rise to the size (trim: twice it) of any mmapped block freed, up to
+    32 MiB, as they do when any NumPy program frees a big array: freeing one untouched
+    block just below that raises them once and for all. One ``mmap``/``munmap`` pair,
+    no page touched (the process may keep up to 64 MiB of freed heap); other
+    allocators ignore it. Called for every big :class:`Backward` (a ``Function``'s
+    gradient as well as ``backward()``): which state the thresholds are in otherwise
+    depends on what the process did before (importing numba, for one, left a moons
+    ``Function`` gradient page-faulting 625 times per call: 2.5x slower). Tuned to
+    glibc; measured in ``benchmarks/bench_first.py``.
+    """
+    np.empty(31 << 20, np.uint8)
+
+
 def _column(a: np.ndarray, like: np.ndarray) -> np.ndarray:
     """``a`` with trailing unit axes so that it broadcasts against ``like``'s sample axis."""
     return a.reshape(a.shape + (1,) * (like.ndim - a.ndim))
@@ -759,6 +782,8 @@ class Backward:
         self.exact = exact
         self._keys: list[int] | None = None   # the level layout, once built
         self._row_layout: _RowLayout | None = None
+        if plan.size >= KEEP_PAGES_FROM:
+            keep_pages()
         if _kernels.compiled_sweep() is None:
             self._build_levels(fan)
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from . import _context, _graph, ops
-from ._plan import Backward, Plan
+from ._plan import KEEP_PAGES_FROM, Backward, Plan, keep_pages
 from ._rows import STAGE_WIDTH, Columns, Rows
 from .ops import OPS
 
@@ -303,8 +303,8 @@ def _schedule(t: Rows, cols: Columns, root: int) -> tuple[Plan, Backward]:
         entry = (plan, Backward(plan, plan.rows.size - 1, True))
     else:
         lo = _graph.closure_start(cols.low, root)
-        if root + 1 - lo >= _KEEP_FROM:          # before the build: its temporaries reuse
-            _keep_pages()                        # each other's pages too
+        if root + 1 - lo >= KEEP_PAGES_FROM:     # before the build: its temporaries reuse
+            keep_pages()                         # each other's pages too
         plan = Plan.for_backward(cols, lo, root + 1)
         last = t.plan(("structure",))
         if last is not None and last[0].same_structure(plan):
@@ -314,28 +314,7 @@ def _schedule(t: Rows, cols: Columns, root: int) -> tuple[Plan, Backward]:
             entry = (plan, Backward(plan, plan.rows.size - 1, exact=None))
             t.remember(("structure",), entry, kept=1)
     t.remember(("backward", root), entry, _PLANS_KEPT)
-    if exact is not None and entry[0].size >= _KEEP_FROM:
-        _keep_pages()
     return entry
-
-
-_KEEP_FROM = 1 << 15    # plans of this many local rows or more: sweeps of a MiB and more
-
-
-def _keep_pages() -> None:
-    """Let big sweeps reuse memory between calls instead of page-faulting it anew.
-
-    glibc's malloc serves a request above its mmap threshold with fresh pages from
-    ``mmap``, and hands heap memory above its trim threshold back to the system on
-    ``free``: every sweep would page-fault its value, partial and adjoint arrays again
-    (about 0.65 ms per MB here; a 10^6-row chain peaks near 60 MB). The thresholds start
-    at 128 KiB and rise to the size (trim: twice it) of any mmapped block freed, up to
-    32 MiB, as they do when any NumPy program frees a big array: freeing one untouched
-    block just below that raises them once and for all. One ``mmap``/``munmap`` pair,
-    no page touched (the process may keep up to 64 MiB of freed heap); other
-    allocators ignore it. Tuned to glibc; measured in ``benchmarks/bench_first.py``.
-    """
-    np.empty(31 << 20, np.uint8)
 
 
 def _vectorized(t: Rows, root: int, anomaly: bool, timing: Timing | None) -> int:

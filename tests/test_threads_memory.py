@@ -278,7 +278,7 @@ def test_rss_does_not_grow_over_many_record_backward_reset_cycles():
     cycles record on a new tape and drop it. RSS after cycle 200 stays within a
     generous margin of RSS after cycle 20 (a leak of one graph per cycle would add
     ~150 MB), once the allocator has returned its free heap (glibc keeps up to 64 MiB
-    of it after big sweeps, see ``_sweep._keep_pages``)."""
+    of it after big sweeps, see ``_plan.keep_pages``)."""
     reused = Tape("reused")
     rss = {}
     for cycle in range(1, 201):
