@@ -4,7 +4,9 @@
     python benchmarks/bench_first.py w3      # random layered DAG of 2e5 ops (W3)
     python benchmarks/bench_first.py w1      # moons training step (W1), median of steps
 
-Run each in a fresh process, several times, and take the median: the first call's cost
+``TAPEGRAD_KERNELS=numba`` runs them on the numba kernels (loaded, or compiled on a
+machine's first run, before the timing; the load time is printed). Run each in a fresh
+process, several times, and take the median: the first call's cost
 includes touching fresh memory (page faults), which a warm process does not see. Prints
 one JSON line: ns/op of the first and of a repeated call, and the minor page faults
 (``ru_minflt``) the first call took.
@@ -50,7 +52,11 @@ def first_and_again(root, ops: int) -> dict:
 
 def main() -> None:
     which = sys.argv[1] if len(sys.argv) > 1 else "w2"
-    out: dict = {"workload": which}
+    out: dict = {"workload": which, "kernels": tapegrad.kernels()}
+    if tapegrad.kernels() != "numpy":     # TAPEGRAD_KERNELS=numba: load them first, untimed
+        t0 = time.perf_counter()
+        tapegrad.set_kernels(tapegrad.kernels())
+        out["kernels_load_s"] = time.perf_counter() - t0
     if which == "w2":
         ops = int(float(sys.argv[2])) if len(sys.argv) > 2 else 10**6
         with tapegrad.Tape():

@@ -18,7 +18,7 @@ DOCUMENTED = [
     "tapegrad.ResetTapeError", "tapegrad.GuardError", "tapegrad.grad",
     "tapegrad.Function.jacobian", "tapegrad.Function.jvp", "tapegrad.Function.vjp",
     "tapegrad.Function.hessian", "tapegrad.Function.hvp", "tapegrad.Function.jacobian_sparsity",
-    "tapegrad.Function.hessian_sparsity",
+    "tapegrad.Function.hessian_sparsity", "tapegrad.set_kernels", "tapegrad.kernels",
     "tapegrad.nn.Module", "tapegrad.nn.Neuron", "tapegrad.nn.Layer", "tapegrad.nn.MLP",
     "tapegrad.optim.SGD", "tapegrad.optim.Adam",
     "tapegrad.viz.draw_dot", "tapegrad.viz.render_dot", "tapegrad.viz.save_dot",
