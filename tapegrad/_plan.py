@@ -382,10 +382,17 @@ class Plan:
         steps: dict[int, list] = {}
         folded = np.zeros(self.size, bool)
         by_shape: dict[tuple[int, int, int], list[np.ndarray]] = {}
-        for path in self._forward_chains(fan):
-            folded[path] = True
-            family = ADD.code if self.op[path[0]] in _SUM_FAMILY else MUL.code
-            by_shape.setdefault((int(self.level[path[-1]]), path.size, family), []).append(path)
+        paths = self._forward_chains(fan)
+        if paths:                             # thousands of short paths: keys in one go
+            flat = np.concatenate(paths)
+            folded[flat] = True
+            sizes = np.fromiter((p.size for p in paths), np.intp, len(paths))
+            ends = np.cumsum(sizes)
+            family = np.where(np.isin(self.op[flat[ends - sizes]], _SUM_FAMILY),
+                              ADD.code, MUL.code)
+            keys = zip(self.level[flat[ends - 1]].tolist(), sizes.tolist(), family.tolist())
+            for key, path in zip(keys, paths):
+                by_shape.setdefault(key, []).append(path)
         for (key, length, family), paths in by_shape.items():
             out = np.ascontiguousarray(np.array(paths).T)   # a strided index scatters 2x slower
             terms = np.empty((length + 1, out.shape[1]), np.int64)
@@ -412,7 +419,8 @@ class Plan:
         order = rest[np.lexsort((self.op[rest], self.level[rest]))]
         keys = np.stack([self.level[order], self.op[order]], axis=1)
         cut = np.flatnonzero(np.any(np.diff(keys, axis=0) != 0, axis=1)) + 1
-        for group in np.split(order, cut) if order.size else []:
+        groups = _graph.pieces(order, np.concatenate(([0], cut, [order.size])))
+        for group in groups if order.size else []:
             code = int(self.op[group[0]])
             rule = OPS[code]
             key = int(self.level[group[0]])
