@@ -3,12 +3,14 @@ level groups and folded chains, :class:`tapegrad._plan.Backward`) or ``"numba"``
 compiled pass over the rows; the optional extra ``tapegrad[numba]``).
 
 The choice is process-wide. It starts from the environment variable
-``TAPEGRAD_KERNELS`` (unset: ``"numpy"``); :func:`set_kernels` changes it. numba is
-imported, and its kernel loaded or compiled, only when first needed.
+``TAPEGRAD_KERNELS`` (unset: ``"numpy"``; an unknown name, or ``numba`` without numba
+installed, fails at ``import tapegrad``); :func:`set_kernels` changes it. numba is
+imported, and its kernels loaded or compiled, only when first needed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 from collections.abc import Callable
@@ -28,7 +30,15 @@ def _checked(name: object, where: str) -> str:
     return name
 
 
+def _install_hint(why: object) -> ImportError:
+    return ImportError(
+        f"tapegrad's numba kernels need numba ({why}); install them with "
+        "pip install \"tapegrad[numba]\", or use set_kernels(\"numpy\")")
+
+
 _name = _checked(os.environ.get(ENV) or "numpy", f"environment variable {ENV}")
+if _name == "numba" and importlib.util.find_spec("numba") is None:   # fail at import
+    raise _install_hint(f"environment variable {ENV}=numba, but numba is not installed")
 _sweep: object = None if _name == "numpy" else _NOT_LOADED
 
 
@@ -40,8 +50,10 @@ def kernels() -> str:
 def set_kernels(name: str) -> str:
     """Run backward sweeps with ``name`` (one of :data:`KERNELS`); returns the previous.
 
-    ``"numba"`` imports numba and loads (on the first run on a machine: compiles, about
-    a second) its kernel now, so the first backward after it does not pay for that.
+    ``"numba"`` imports numba and loads its compiled loops now (about a second; the
+    first time on a machine it compiles and caches them, about five seconds), so the
+    first backward after it does not pay for that. The choice applies to every thread;
+    sweeps already running finish on the kernels they started with.
 
     Raises
     ------
@@ -76,7 +88,5 @@ def _load() -> Callable:
     try:
         from . import _numba_kernels
     except ImportError as e:
-        raise ImportError(
-            f"tapegrad's numba kernels need numba ({e}); install them with "
-            "pip install \"tapegrad[numba]\", or use set_kernels(\"numpy\")") from e
+        raise _install_hint(e) from e
     return _numba_kernels.reverse_sweep

@@ -82,6 +82,13 @@ def test_environment_variable_chooses_the_kernels_and_a_bad_value_is_named():
     assert out.returncode != 0
     assert ("ValueError: environment variable TAPEGRAD_KERNELS: unknown kernels 'fortran'"
             in out.stderr)
+    env["TAPEGRAD_KERNELS"] = "numba"                # asked for, but numba is missing
+    hide = "import sys; sys.modules['numba'] = None; " + code
+    out = subprocess.run([sys.executable, "-c", hide], env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "ImportError: tapegrad's numba kernels need numba (environment variable " \
+           "TAPEGRAD_KERNELS=numba, but numba is not installed)" in out.stderr
+    assert 'pip install "tapegrad[numba]"' in out.stderr
 
 
 def test_numba_missing_is_an_import_error_that_says_how_to_install_it(monkeypatch):
