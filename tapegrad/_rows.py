@@ -328,7 +328,7 @@ class Rows:
         r = self.count
         self.vals[r] = value
         self.count = r + 1
-        self.stage += (code, i, j, c, level)
+        self.stage.extend((code, i, j, c, level))
         return r
 
     def reserve(self, n: int) -> int:
