@@ -206,8 +206,10 @@ def _elementwise(op: Op, a: Any, array: np.ndarray, array_first: bool) -> Any:
 
 # -- the recorders: one source per form, compiled for each op (see _recorder) ---------
 
-_INLINE = {operator.add: "+", operator.sub: "-", operator.mul: "*"}
-"""Scalar rules the recorders write as an operator: on floats they never raise."""
+_INLINE = {operator.add: "{x} + {y}", operator.sub: "{x} - {y}", operator.mul: "{x} * {y}",
+           operator.neg: "-{x}", RELU.scalar: "0.0 if {x} < 0 else {x}"}
+"""Scalar rules (or the one-operand functions of unary ones) that the recorders write
+as an expression: on floats they never raise."""
 
 _BINARY = """
 def method(a, b):
@@ -282,7 +284,8 @@ def method(a):
     if r < t.limit and (la or t.cur_tid == get_ident()):
         vals = t.vals
         i = a._o - ba.shift
-        FORWARD(vals[i], 0.0)
+        x = vals[i]
+        FORWARD(x, 0.0)
         t.count = r + 1
         level = la + 1
         t.stage.extend((CODE, i, -1, 0.0, level))
@@ -300,15 +303,19 @@ def _recorder(source: str, op: Op, name: str, doc: str, mirrored: bool = False) 
 
     ``CODE`` becomes the opcode, and each ``FORWARD(x, y)`` the line that writes the
     value: ``vals[r] = x + y`` for an op of :data:`_INLINE`, else a call of its scalar
-    rule that falls back to the IEEE rule where it raises (``1 / 0.0``). The method
-    closes over ``op``, ``scalar`` and ``mirrored``; the rest are this module's globals."""
-    symbol = _INLINE.get(op.scalar)
+    rule (of ``math.tanh`` itself for a rule made by ``ops._unary``) that falls back to
+    the IEEE rule where it raises (``1 / 0.0``). The method closes over ``op``,
+    ``scalar`` and ``mirrored``; the rest are this module's globals."""
+    scalar = getattr(op.scalar, "of_x", op.scalar)      # math.tanh for tanh's rule
+    inline = _INLINE.get(scalar)
+    unary = scalar is not op.scalar
 
     def forward(m: re.Match) -> str:
         pad, x, y = m.groups()
-        if symbol is not None:
-            return f"{pad}vals[r] = {x} {symbol} {y}"
-        return (f"{pad}try:\n{pad}    vals[r] = scalar({x}, {y})\n"
+        if inline is not None:
+            return pad + "vals[r] = " + inline.format(x=x, y=y)
+        args = x if unary else f"{x}, {y}"
+        return (f"{pad}try:\n{pad}    vals[r] = scalar({args})\n"
                 f"{pad}except (ArithmeticError, ValueError):\n"
                 f"{pad}    vals[r] = op.evaluate({x}, {y})")
 
@@ -319,7 +326,7 @@ def _recorder(source: str, op: Op, name: str, doc: str, mirrored: bool = False) 
     linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)  # tracebacks
     namespace: dict = {}
     exec(compile(text, filename, "exec"), globals(), namespace)
-    method = namespace["make"](op, op.scalar, mirrored)
+    method = namespace["make"](op, scalar, mirrored)
     method.__qualname__ = f"Value.{name}"
     method.__module__ = "tapegrad.engine"     # where pickle finds it
     method.__doc__ = doc

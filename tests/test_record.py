@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import random
 
 import numpy as np
@@ -77,8 +79,9 @@ def test_inlined_recorders_cover_leaf_only_ops_and_every_operand_type():
 
 
 def test_inlined_arithmetic_writes_the_rows_of_the_general_path():
-    """``+ - *`` are compiled into the recorders as operators: signed zeros, infinities,
-    nan, overflow and underflow give the rows (bit for bit) of record_general, which
+    """``+ - *``, ``neg`` and ``relu`` are compiled into the recorders as expressions,
+    unary ops call their math function directly: on signed zeros, infinities, nan,
+    overflow and underflow they write the rows (bit for bit) of record_general, which
     applies the ops' scalar rules."""
     specials = [0.0, -0.0, 1.0, -2.5, 1e308, -1e308, 5e-324, math.inf, -math.inf, math.nan]
     general = _record.record_general
@@ -91,6 +94,11 @@ def test_inlined_arithmetic_writes_the_rows_of_the_general_path():
                 lambda x, c: general(sub, x, c, reflected=True),
                 lambda x, c: general(mul, x, c, mirrored=True)]
 
+    unary = [op for op in OPS if op.arity == 1 and not (op.guard or op.custom)]
+    written += [{"neg": operator.neg, "abs": abs}.get(op.name, operator.methodcaller(op.name))
+                for op in unary]
+    recorded += [functools.partial(general, op) for op in unary]
+
     def run(fns):
         xs = [Value(x) for x in specials]
         out = []
@@ -99,7 +107,8 @@ def test_inlined_arithmetic_writes_the_rows_of_the_general_path():
             for y in xs + specials + [3, -7]:
                 out += [f(x, y) for f in fns[:3]] + [f(inner, y) for f in fns[:3]]
                 if type(y) is not Value:
-                    out += [f(x, y) for f in fns[3:]]
+                    out += [f(x, y) for f in fns[3:6]]
+            out += [f(v) for f in fns[6:] for v in (x, inner)]
         return out
 
     tapes = []
@@ -111,7 +120,8 @@ def test_inlined_arithmetic_writes_the_rows_of_the_general_path():
     assert data_a == data_b
     for key in a:
         assert np.array_equal(a[key].view(np.uint8), b[key].view(np.uint8)), key
-    assert set(_record._INLINE) == {op.scalar for op in (add, sub, mul)}
+    covered = [add, sub, mul, *unary]
+    assert set(_record._INLINE) <= {getattr(op.scalar, "of_x", op.scalar) for op in covered}
 
 
 def grads(seed: int, small_rows: int, monkeypatch) -> tuple[list[float], list[float]]:
