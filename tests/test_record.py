@@ -94,9 +94,10 @@ def test_inlined_arithmetic_writes_the_rows_of_the_general_path():
                 lambda x, c: general(sub, x, c, reflected=True),
                 lambda x, c: general(mul, x, c, mirrored=True)]
 
-    unary = [op for op in OPS if op.arity == 1 and not (op.guard or op.custom)]
-    written += [{"neg": operator.neg, "abs": abs}.get(op.name, operator.methodcaller(op.name))
-                for op in unary]
+    method = {"neg": "__neg__", "abs": "__abs__"}
+    unary = [op for op in OPS if op.arity == 1 and not (op.guard or op.custom)
+             and hasattr(Value, method.get(op.name, op.name))]   # not ops tests define
+    written += [operator.methodcaller(method.get(op.name, op.name)) for op in unary]
     recorded += [functools.partial(general, op) for op in unary]
 
     def run(fns):
