@@ -2,18 +2,22 @@
 
 The three recorders :func:`binary`, :func:`reflected` and :func:`unary` build the
 facade's operator methods. They are the hot path of recording (one call per scalar
-op), so they are written out flat: the operands' blocks, offsets and levels read
-once, the value into the value column, the other fields onto the staging list.
-Anything unusual (other number types, leaves used off their tape, a full staging
-block, anomaly detection, bad operands) goes to :func:`record_general`, which
-writes the same row; ``tests/test_record.py`` checks that they agree.
+op), so they are written out flat, and compiled for each op from one source per form
+(``_BINARY``, ``_REFLECTED``, ``_UNARY``) with its opcode and, for ``+ - *``, its
+arithmetic written in: the operands' blocks, offsets and levels read once, the value
+into the value column, the other fields onto the staging list. Anything unusual
+(other number types, leaves used off their tape, a full staging block, anomaly
+detection, bad operands) goes to :func:`record_general`, which writes the same row;
+``tests/test_record.py`` checks that they agree.
 """
 
 from __future__ import annotations
 
+import linecache
 import math
 import numbers
 import operator
+import re
 import weakref
 from _thread import get_ident
 from collections.abc import Callable
@@ -28,6 +32,7 @@ from .ops import ADD, CUSTOM, LEAF, MUL, RELU, Op
 _EXACT = 2**53              # ints up to this size convert to float64 exactly and fast
 
 _facade: type = object   # set to tapegrad.engine.Value by register_facade()
+_new = object.__new__
 
 
 def register_facade(cls: type) -> None:
@@ -199,150 +204,156 @@ def _elementwise(op: Op, a: Any, array: np.ndarray, array_first: bool) -> Any:
     return np.frompyfunc(lambda x: fn(a, x), 1, 1)(array)
 
 
-def binary(op: Op, mirrored: bool = False) -> Callable[[Any, Any], Any]:
-    """The facade method ``a <op> b`` (``b`` a Value, or a number kept as the immediate).
+# -- the recorders: one source per form, compiled for each op (see _recorder) ---------
 
-    ``mirrored``: the method serves ``b <op> a`` for a commutative op (``__radd__``).
-    """
-    code = op.code
-    scalar = op.scalar
-    evaluate = op.evaluate
-    new = object.__new__
+_INLINE = {operator.add: "{x} + {y}", operator.sub: "{x} - {y}", operator.mul: "{x} * {y}",
+           operator.neg: "-{x}", RELU.scalar: "0.0 if {x} < 0 else {x}"}
+"""Scalar rules (or the one-operand functions of unary ones) that the recorders write
+as an expression: on floats they never raise."""
 
-    def method(a, b):
-        ba = a._b
-        t = ba.rows
-        if type(b) is _facade:
-            bb = b._b
-            la = a._l
-            lb = b._l
-            r = t.count
-            if bb.rows is t and r < t.limit and (la or lb or t.cur_tid == get_ident()):
-                vals = t.vals
-                i = a._o - ba.shift
-                j = b._o - bb.shift
-                x = vals[i]
-                y = vals[j]
-                try:
-                    out = scalar(x, y)
-                except (ArithmeticError, ValueError):
-                    out = evaluate(x, y)
-                vals[r] = out
-                t.count = r + 1
-                level = (la if la > lb else lb) + 1
-                t.stage += (code, i, j, 0.0, level)
-                v = new(_facade)
-                v._b = t.cur
-                v._o = r
-                v._l = level
-                return v
-        elif type(b) is float or (type(b) is int and -_EXACT <= b <= _EXACT):
-            la = a._l
-            r = t.count
-            if r < t.limit and (la or t.cur_tid == get_ident()):
-                vals = t.vals
-                i = a._o - ba.shift
-                x = vals[i]
-                y = float(b)
-                try:
-                    out = scalar(x, y)
-                except (ArithmeticError, ValueError):
-                    out = evaluate(x, y)
-                vals[r] = out
-                t.count = r + 1
-                level = la + 1
-                t.stage += (code, i, -1, y, level)
-                v = new(_facade)
-                v._b = t.cur
-                v._o = r
-                v._l = level
-                return v
-        return record_general(op, a, b, False, mirrored)
+_BINARY = """
+def method(a, b):
+    ba = a._b
+    t = ba.rows
+    if type(b) is _facade:
+        bb = b._b
+        la = a._l
+        lb = b._l
+        r = t.count
+        if bb.rows is t and r < t.limit and (la or lb or t.cur_tid == get_ident()):
+            vals = t.vals
+            i = a._o - ba.shift
+            j = b._o - bb.shift
+            FORWARD(vals[i], vals[j])
+            t.count = r + 1
+            level = (la if la > lb else lb) + 1
+            t.stage.extend((CODE, i, j, 0.0, level))
+            v = _new(_facade)
+            v._b = t.cur
+            v._o = r
+            v._l = level
+            return v
+    elif type(b) is float or (type(b) is int and -_EXACT <= b <= _EXACT):
+        la = a._l
+        r = t.count
+        if r < t.limit and (la or t.cur_tid == get_ident()):
+            vals = t.vals
+            i = a._o - ba.shift
+            y = float(b)
+            FORWARD(vals[i], y)
+            t.count = r + 1
+            level = la + 1
+            t.stage.extend((CODE, i, -1, y, level))
+            v = _new(_facade)
+            v._b = t.cur
+            v._o = r
+            v._l = level
+            return v
+    return record_general(op, a, b, False, mirrored)
+"""
 
-    method.__name__ = f"__r{op.name}__" if mirrored else f"__{op.name}__"
-    method.__qualname__ = f"Value.{method.__name__}"
-    method.__module__ = "tapegrad.engine"     # where pickle finds it
-    method.__doc__ = (f"Record ``other {op.symbol} self`` as one row ({op.name}, commutative)."
-                      if mirrored else f"Record ``self {op.symbol} other`` as one row ({op.name}).")
-    return method
-
-
-def reflected(op: Op) -> Callable[[Any, Any], Any]:
-    """The facade method for ``number <op> a`` (the number becomes the immediate)."""
-    code = op.code
-    scalar = op.scalar
-    evaluate = op.evaluate
-    new = object.__new__
-
-    def method(a, b):
-        ba = a._b
-        t = ba.rows
-        if type(b) is float or (type(b) is int and -_EXACT <= b <= _EXACT):
-            la = a._l
-            r = t.count
-            if r < t.limit and (la or t.cur_tid == get_ident()):
-                vals = t.vals
-                j = a._o - ba.shift
-                x = float(b)
-                y = vals[j]
-                try:
-                    out = scalar(x, y)
-                except (ArithmeticError, ValueError):
-                    out = evaluate(x, y)
-                vals[r] = out
-                t.count = r + 1
-                level = la + 1
-                t.stage += (code, -1, j, x, level)
-                v = new(_facade)
-                v._b = t.cur
-                v._o = r
-                v._l = level
-                return v
-        return record_general(op, a, b, True)
-
-    method.__name__ = f"__r{op.name}__"
-    method.__qualname__ = f"Value.{method.__name__}"
-    method.__module__ = "tapegrad.engine"     # where pickle finds it
-    method.__doc__ = f"Record ``other {op.symbol} self`` as one row ({op.name})."
-    return method
-
-
-def unary(op: Op) -> Callable[[Any], Any]:
-    """The facade method ``a.<op>()``."""
-    code = op.code
-    scalar = op.scalar
-    evaluate = op.evaluate
-    new = object.__new__
-
-    def method(a):
+_REFLECTED = """
+def method(a, b):
+    if type(b) is float or (type(b) is int and -_EXACT <= b <= _EXACT):
         ba = a._b
         t = ba.rows
         la = a._l
         r = t.count
         if r < t.limit and (la or t.cur_tid == get_ident()):
             vals = t.vals
-            i = a._o - ba.shift
-            x = vals[i]
-            try:
-                out = scalar(x, 0.0)
-            except (ArithmeticError, ValueError):
-                out = evaluate(x, 0.0)
-            vals[r] = out
+            j = a._o - ba.shift
+            x = float(b)
+            FORWARD(x, vals[j])
             t.count = r + 1
             level = la + 1
-            t.stage += (code, i, -1, 0.0, level)
-            v = new(_facade)
+            t.stage.extend((CODE, -1, j, x, level))
+            v = _new(_facade)
             v._b = t.cur
             v._o = r
             v._l = level
             return v
-        return record_general(op, a)
+    return record_general(op, a, b, True)
+"""
 
-    method.__name__ = op.name
-    method.__qualname__ = f"Value.{op.name}"
-    method.__module__ = "tapegrad.engine"
-    method.__doc__ = f"Record ``{op.name}(self)`` as one row."
+_UNARY = """
+def method(a):
+    ba = a._b
+    t = ba.rows
+    la = a._l
+    r = t.count
+    if r < t.limit and (la or t.cur_tid == get_ident()):
+        vals = t.vals
+        i = a._o - ba.shift
+        x = vals[i]
+        FORWARD(x, 0.0)
+        t.count = r + 1
+        level = la + 1
+        t.stage.extend((CODE, i, -1, 0.0, level))
+        v = _new(_facade)
+        v._b = t.cur
+        v._o = r
+        v._l = level
+        return v
+    return record_general(op, a)
+"""
+
+
+def _recorder(source: str, op: Op, name: str, doc: str, mirrored: bool = False) -> Callable:
+    """The facade method ``name`` compiled from ``source`` (``_BINARY``...) for ``op``.
+
+    ``CODE`` becomes the opcode, and each ``FORWARD(x, y)`` the line that writes the
+    value: ``vals[r] = x + y`` for an op of :data:`_INLINE`, else a call of its scalar
+    rule (of ``math.tanh`` itself for a rule made by ``ops._unary``) that falls back to
+    the IEEE rule where it raises (``1 / 0.0``). The method closes over ``op``,
+    ``scalar`` and ``mirrored``; the rest are this module's globals."""
+    scalar = getattr(op.scalar, "of_x", op.scalar)      # math.tanh for tanh's rule
+    inline = _INLINE.get(scalar)
+    unary = scalar is not op.scalar
+
+    def forward(m: re.Match) -> str:
+        pad, x, y = m.groups()
+        if inline is not None:
+            return pad + "vals[r] = " + inline.format(x=x, y=y)
+        args = x if unary else f"{x}, {y}"
+        return (f"{pad}try:\n{pad}    vals[r] = scalar({args})\n"
+                f"{pad}except (ArithmeticError, ValueError):\n"
+                f"{pad}    vals[r] = op.evaluate({x}, {y})")
+
+    body = re.sub(r"( *)FORWARD\((.+), (.+)\)", forward, source)
+    body = body.replace("CODE", str(op.code)).replace("def method(", f"def {name}(")
+    text = "def make(op, scalar, mirrored):" + body.replace("\n", "\n    ") + f"return {name}\n"
+    filename = f"<tapegrad recorder Value.{name}>"
+    linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)  # tracebacks
+    namespace: dict = {}
+    exec(compile(text, filename, "exec"), globals(), namespace)
+    method = namespace["make"](op, scalar, mirrored)
+    method.__qualname__ = f"Value.{name}"
+    method.__module__ = "tapegrad.engine"     # where pickle finds it
+    method.__doc__ = doc
     return method
+
+
+def binary(op: Op, mirrored: bool = False) -> Callable[[Any, Any], Any]:
+    """The facade method ``a <op> b`` (``b`` a Value, or a number kept as the immediate).
+
+    ``mirrored``: the method serves ``b <op> a`` for a commutative op (``__radd__``).
+    """
+    if mirrored:
+        return _recorder(_BINARY, op, f"__r{op.name}__", f"Record ``other {op.symbol} self`` "
+                         f"as one row ({op.name}, commutative).", mirrored=True)
+    return _recorder(_BINARY, op, f"__{op.name}__",
+                     f"Record ``self {op.symbol} other`` as one row ({op.name}).")
+
+
+def reflected(op: Op) -> Callable[[Any, Any], Any]:
+    """The facade method for ``number <op> a`` (the number becomes the immediate)."""
+    return _recorder(_REFLECTED, op, f"__r{op.name}__",
+                     f"Record ``other {op.symbol} self`` as one row ({op.name}).")
+
+
+def unary(op: Op) -> Callable[[Any], Any]:
+    """The facade method ``a.<op>()``."""
+    return _recorder(_UNARY, op, op.name, f"Record ``{op.name}(self)`` as one row.")
 
 
 def compare(op: Op) -> Callable[[Any, Any], bool]:

@@ -32,9 +32,9 @@ scan of the garbage collector, nothing to register or unregister per Value.
 
 from __future__ import annotations
 
-import array
 import bisect
 import itertools
+import struct
 import sys
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -52,6 +52,8 @@ _COLUMNS = {"_op": np.int8, "_a0": np.int32, "_a1": np.int32, "_c": np.float64,
             "_val": np.float64, "_lv": np.int32, "_low": np.int32, "_g": np.float64}
 ROW_BYTES = sum(np.dtype(t).itemsize for t in _COLUMNS.values())
 """Bytes one row occupies across all columns (41)."""
+_STAGED = (("_op", "b"), ("_a0", "i"), ("_a1", "i"), ("_c", "d"), ("_lv", "i"))
+"""The staged fields' columns, with the ``struct`` codes that pack them (standard sizes)."""
 _ROW_COLUMNS = ("_a0", "_a1", "_low")   # hold row numbers: renumbered by compaction
 _GUARD_CODES = np.array(sorted(GUARDS), np.int8)
 
@@ -299,11 +301,9 @@ class Rows:
         if not s:
             return
         a, b = self._flushed, self.count
-        for k, (col, code) in enumerate((("_op", "b"), ("_a0", "i"), ("_a1", "i"),
-                                         ("_c", "d"), ("_lv", "i"))):
-            block = array.array(code)
-            block.fromlist(s[k::STAGE_WIDTH])
-            getattr(self, col)[a:b] = np.frombuffer(block, dtype=getattr(self, col).dtype)
+        for k, (col, code) in enumerate(_STAGED):
+            packed = struct.pack(f"={b - a}{code}", *s[k::STAGE_WIDTH])
+            getattr(self, col)[a:b] = np.frombuffer(packed, _COLUMNS[col])
         s.clear()
         self._flushed = b
         _context.count_flushed(b - a)
@@ -328,7 +328,7 @@ class Rows:
         r = self.count
         self.vals[r] = value
         self.count = r + 1
-        self.stage += (code, i, j, c, level)
+        self.stage.extend((code, i, j, c, level))
         return r
 
     def reserve(self, n: int) -> int:

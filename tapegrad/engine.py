@@ -78,7 +78,7 @@ class Value:
             if r < t.limit and t.cur_tid == get_ident():
                 t.vals[r] = data
                 t.count = r + 1
-                t.stage += _LEAF_STAGED
+                t.stage.extend(_LEAF_STAGED)
                 self._b = t.cur
                 self._o = r
                 self._l = 0

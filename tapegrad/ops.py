@@ -258,10 +258,13 @@ def _sign(x: float) -> float:
 
 
 def _unary(fn: Callable[[float], float]) -> ScalarRule:
+    """The scalar rule of ``fn``; the recorders call ``fn`` itself (``rule.of_x``)."""
+
     def rule(x: float, y: float) -> float:
         return fn(x)
 
     rule.__name__ = getattr(fn, "__name__", "unary")
+    rule.of_x = fn          # type: ignore[attr-defined]
     return rule
 
 

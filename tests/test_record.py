@@ -8,13 +8,15 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import random
 
 import numpy as np
 import pytest
 
-from tapegrad import Tape, Value, _sweep, detect_anomaly
+from tapegrad import Tape, Value, _record, _sweep, detect_anomaly, ops
 from tapegrad.ops import OPS
 
 STEPS = [
@@ -74,6 +76,53 @@ def test_inlined_recorders_cover_leaf_only_ops_and_every_operand_type():
     a, b = rows_of(fast), rows_of(general)
     for key in a:
         assert np.array_equal(a[key], b[key]), key
+
+
+def test_inlined_arithmetic_writes_the_rows_of_the_general_path():
+    """``+ - *``, ``neg`` and ``relu`` are compiled into the recorders as expressions,
+    unary ops call their math function directly: on signed zeros, infinities, nan,
+    overflow and underflow they write the rows (bit for bit) of record_general, which
+    applies the ops' scalar rules."""
+    specials = [0.0, -0.0, 1.0, -2.5, 1e308, -1e308, 5e-324, math.inf, -math.inf, math.nan]
+    general = _record.record_general
+    add, sub, mul = ops.ADD, ops.SUB, ops.MUL
+    written = [lambda x, y: x + y, lambda x, y: x - y, lambda x, y: x * y,
+               lambda x, c: c + x, lambda x, c: c - x, lambda x, c: c * x]
+    recorded = [lambda x, y: general(add, x, y), lambda x, y: general(sub, x, y),
+                lambda x, y: general(mul, x, y),
+                lambda x, c: general(add, x, c, mirrored=True),
+                lambda x, c: general(sub, x, c, reflected=True),
+                lambda x, c: general(mul, x, c, mirrored=True)]
+
+    method = {"neg": "__neg__", "abs": "__abs__"}
+    unary = [op for op in OPS if op.arity == 1 and not (op.guard or op.custom)
+             and hasattr(Value, method.get(op.name, op.name))]   # not ops tests define
+    written += [operator.methodcaller(method.get(op.name, op.name)) for op in unary]
+    recorded += [functools.partial(general, op) for op in unary]
+
+    def run(fns):
+        xs = [Value(x) for x in specials]
+        out = []
+        for x in xs:
+            inner = fns[2](x, 1.0)                  # not a leaf
+            for y in xs + specials + [3, -7]:
+                out += [f(x, y) for f in fns[:3]] + [f(inner, y) for f in fns[:3]]
+                if type(y) is not Value:
+                    out += [f(x, y) for f in fns[3:6]]
+            out += [f(v) for f in fns[6:] for v in (x, inner)]
+        return out
+
+    tapes = []
+    for fns in (written, recorded):
+        with Tape() as t:
+            data = [v.data for v in run(fns)]
+        tapes.append((rows_of(t), [repr(x) for x in data]))
+    (a, data_a), (b, data_b) = tapes
+    assert data_a == data_b
+    for key in a:
+        assert np.array_equal(a[key].view(np.uint8), b[key].view(np.uint8)), key
+    covered = [add, sub, mul, *unary]
+    assert set(_record._INLINE) <= {getattr(op.scalar, "of_x", op.scalar) for op in covered}
 
 
 def grads(seed: int, small_rows: int, monkeypatch) -> tuple[list[float], list[float]]:
