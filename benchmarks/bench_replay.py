@@ -105,7 +105,35 @@ def numba_available() -> bool:
     return True
 
 
+def with_kernels(name: str, fn):
+    """``fn`` run on the kernels ``name``."""
+    def run():
+        previous = tapegrad.set_kernels(name)
+        try:
+            return fn()
+        finally:
+            tapegrad.set_kernels(previous)
+    return run
+
+
+def interleaved(contenders: dict, repeat: int, rounds: int = 10) -> dict:
+    """Best time of each contender, measured in ``rounds`` alternating rounds of
+    ``repeat // rounds`` calls each: this machine's speed drifts over seconds (the same
+    call measured 1.6 ms, then 0.86 ms a few seconds later), and a drift must not
+    favour whoever ran in the faster stretch."""
+    per = max(1, repeat // rounds)
+    times = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, (setup, fn) in contenders.items():
+            setup()
+            times[name].append(best(fn, per))
+    return {name: min(t) for name, t in times.items()}
+
+
 def bench_value_and_grad(repeat: int) -> dict:
+    """Value and gradient of the moons loss: tapegrad's ``Function`` on the NumPy and
+    the numba kernels, and CasADi's SX ``Function`` of the same loss, in alternating
+    rounds (:func:`interleaved`)."""
     X, y = moons_data()
     random.seed(1337)
     model = tapegrad.nn.MLP(2, [16, 16, 1])
@@ -114,26 +142,39 @@ def bench_value_and_grad(repeat: int) -> dict:
         loss = moons_loss(tapegrad.Value, model, X, y)
     f = tapegrad.Function(inputs=params, outputs=loss)
     theta = np.array([p.data for p in params])
-    f.value_and_grad(theta)
-    out = {"tapegrad": best(lambda: f.value_and_grad(theta), repeat)}
     value, grad = f.value_and_grad(theta)
-    out["numba"] = None
+    out: dict = {"numba": None, "casadi": None}
+    keep = tapegrad.kernels()
+    contenders = {"tapegrad": (lambda: tapegrad.set_kernels("numpy"),
+                               lambda: f.value_and_grad(theta))}
     if numba_available():
-        previous = tapegrad.set_kernels("numba")
-        try:
-            _, numba_grad = f.value_and_grad(theta)
-            out["numba"] = best(lambda: f.value_and_grad(theta), repeat)
-            out["numba_agree"] = bool(np.allclose(numba_grad, grad, rtol=1e-12, atol=1e-15))
-        finally:
-            tapegrad.set_kernels(previous)
+        _, numba_grad = with_kernels("numba", lambda: f.value_and_grad(theta))()
+        out["numba_agree"] = bool(np.allclose(numba_grad, grad, rtol=1e-12, atol=1e-15))
+        contenders["numba"] = (lambda: tapegrad.set_kernels("numba"),
+                               lambda: f.value_and_grad(theta))
+    cf = casadi_loss(X, y, len(params), out)
+    if cf is not None:
+        cv, cg = cf(theta)
+        out["agree"] = bool(abs(float(cv) - value) < 1e-12 * abs(value)
+                            and np.allclose(np.array(cg).ravel(), grad, rtol=1e-9, atol=1e-15))
+        contenders["casadi"] = (lambda: None, lambda: cf(theta))
+    try:
+        out.update(interleaved(contenders, repeat))
+    finally:
+        tapegrad.set_kernels(keep)
+    return out
+
+
+def casadi_loss(X, y, n_params: int, out: dict):
+    """CasADi's SX Function of the moons loss and its gradient (None without CasADi);
+    its build and compile times go into ``out``."""
     try:
         import casadi
     except ImportError:
-        out["casadi"] = None
-        return out
+        return None
     random.seed(1337)
     mlp = micrograd.nn.MLP(2, [16, 16, 1])       # only for its initial weights
-    sym = [casadi.SX.sym(f"p{k}") for k in range(len(params))]
+    sym = [casadi.SX.sym(f"p{k}") for k in range(n_params)]
     weights = iter(sym)
     layers = [[([next(weights) for _ in n.w], next(weights)) for n in layer.neurons]
               for layer in mlp.layers]
@@ -158,12 +199,8 @@ def bench_value_and_grad(repeat: int) -> dict:
     t0 = time.perf_counter()
     cf = casadi.Function("f", [theta_sym], [total, casadi.gradient(total, theta_sym)])
     out["casadi_compile_s"] = time.perf_counter() - t0
-    cf(theta)
-    out["casadi"] = best(lambda: cf(theta), repeat)
-    cv, cg = cf(theta)
-    out["agree"] = bool(abs(float(cv) - value) < 1e-12 * abs(value)
-                        and np.allclose(np.array(cg).ravel(), grad, rtol=1e-9, atol=1e-15))
-    return out
+    cf(np.zeros(n_params))
+    return cf
 
 
 def bench_grid(sample: int) -> dict:
