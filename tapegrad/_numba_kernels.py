@@ -1,10 +1,13 @@
 """The backward's sequential accumulation as numba-compiled loops (``tapegrad[numba]``).
 
 Imported only by :mod:`tapegrad._kernels` when the numba kernels are selected. The
-partials still come from the op table's vectorized NumPy rules; these loops only replace
-the level-by-level scatter of :class:`tapegrad._plan.Backward` with one pass over the
-rows, from the last to the first: ``adj[x[k]] += p0[k] * adj[row k]`` and the same for
-``y`` with ``p1`` (when ``p1`` is not empty: some slot-1 operand is a row).
+partials still come from the op table's vectorized NumPy rules
+(:meth:`tapegrad._plan._Partials.extended`: the values, the constant partials, the
+computed ones); these loops read each where it lies, ``p0 = ext[gather[k]]`` and
+``p1 = ext[gather[m + k]]``, and replace the level-by-level scatter of
+:class:`tapegrad._plan.Backward` with one pass over the rows, from the last to the
+first: ``adj[x[k]] += p0 * adj[row k]`` and the same for ``y`` with ``p1`` (when the
+gather has a slot-1 block: some slot-1 operand is a row).
 
 Row ``k`` is ``rows[k]``, or ``first + k`` when ``rows`` is empty (the rows are a
 range). Rows ascend and every operand row comes before its reader, so each row's adjoint
@@ -24,23 +27,24 @@ from __future__ import annotations
 from numba import njit
 
 _IX = ("int32", "int64")      # one compiled version per index width: plans use int32
-_ONE = [f"void(int64, {ix}[::1], {ix}[::1], {ix}[::1], float64[::1], float64[::1], "
+_ONE = [f"void(int64, {ix}[::1], {ix}[::1], {ix}[::1], intp[::1], float64[::1], "
         "float64[::1], boolean[::1])" for ix in _IX]
-_BATCH = [f"void(int64, {ix}[::1], {ix}[::1], {ix}[::1], float64[:, ::1], float64[:, ::1], "
+_BATCH = [f"void(int64, {ix}[::1], {ix}[::1], {ix}[::1], intp[::1], float64[:, ::1], "
           "float64[:, ::1], boolean[::1])" for ix in _IX]
 _OPTIONS = {"cache": True, "nogil": True}
 
 
 @njit(_ONE, **_OPTIONS)
-def _range(first, rows, x, y, p0, p1, adj, reach):  # pragma: no cover - compiled
+def _range(first, rows, x, y, gather, ext, adj, reach):  # pragma: no cover - compiled
     # ``carry``: what row r passes to row r - 1 through operand x (a chain's link), kept
     # in a register instead of stored and loaded again: a chain's adjoints then wait on
     # a multiply and an add per row, not on memory (a 10^6-row chain: 5.5 -> 2.7 ns per
     # row). It is the last term row r - 1 receives (from its lowest reader, and not
     # when y is r - 1 too), so every sum is the plain loop's, in the same order.
-    both = p1.size > 0
+    m = x.size
+    both = gather.size > m
     carry = 0.0
-    for k in range(x.size - 1, -1, -1):
+    for k in range(m - 1, -1, -1):
         r = first + k
         g = adj[r] + carry
         adj[r] = g
@@ -51,79 +55,83 @@ def _range(first, rows, x, y, p0, p1, adj, reach):  # pragma: no cover - compile
             j = y[k]
             linked = linked and j != i
             if linked:
-                adj[j] += p1[k] * g
-                carry = p0[k] * g
+                adj[j] += ext[gather[m + k]] * g
+                carry = ext[gather[k]] * g
             else:
-                adj[i] += p0[k] * g
-                adj[j] += p1[k] * g
+                adj[i] += ext[gather[k]] * g
+                adj[j] += ext[gather[m + k]] * g
         elif linked:
-            carry = p0[k] * g
+            carry = ext[gather[k]] * g
         else:
-            adj[i] += p0[k] * g
-    if x.size:
+            adj[i] += ext[gather[k]] * g
+    if m:
         adj[first - 1] += carry
 
 
 @njit(_ONE, **_OPTIONS)
-def _listed(first, rows, x, y, p0, p1, adj, reach):  # pragma: no cover - compiled
-    both = p1.size > 0
-    for k in range(x.size - 1, -1, -1):
+def _listed(first, rows, x, y, gather, ext, adj, reach):  # pragma: no cover - compiled
+    m = x.size
+    both = gather.size > m
+    for k in range(m - 1, -1, -1):
         g = adj[rows[k]]
-        adj[x[k]] += p0[k] * g
+        adj[x[k]] += ext[gather[k]] * g
         if both:
-            adj[y[k]] += p1[k] * g
+            adj[y[k]] += ext[gather[m + k]] * g
 
 
 @njit(_ONE, **_OPTIONS)
-def _range_masked(first, rows, x, y, p0, p1, adj, reach):  # pragma: no cover - compiled
-    both = p1.size > 0
-    for k in range(x.size - 1, -1, -1):
+def _range_masked(first, rows, x, y, gather, ext, adj, reach):  # pragma: no cover
+    m = x.size
+    both = gather.size > m
+    for k in range(m - 1, -1, -1):
         r = first + k
         if reach[r]:
             g = adj[r]
             reach[x[k]] = True
-            adj[x[k]] += p0[k] * g
+            adj[x[k]] += ext[gather[k]] * g
             if both:
                 reach[y[k]] = True
-                adj[y[k]] += p1[k] * g
+                adj[y[k]] += ext[gather[m + k]] * g
 
 
 @njit(_ONE, **_OPTIONS)
-def _listed_masked(first, rows, x, y, p0, p1, adj, reach):  # pragma: no cover - compiled
-    both = p1.size > 0
-    for k in range(x.size - 1, -1, -1):
+def _listed_masked(first, rows, x, y, gather, ext, adj, reach):  # pragma: no cover
+    m = x.size
+    both = gather.size > m
+    for k in range(m - 1, -1, -1):
         r = rows[k]
         if reach[r]:
             g = adj[r]
             reach[x[k]] = True
-            adj[x[k]] += p0[k] * g
+            adj[x[k]] += ext[gather[k]] * g
             if both:
                 reach[y[k]] = True
-                adj[y[k]] += p1[k] * g
+                adj[y[k]] += ext[gather[m + k]] * g
 
 
 @njit(_ONE, **_OPTIONS)
-def sweep_one(first, rows, x, y, p0, p1, adj, reach):  # pragma: no cover - compiled
-    """The sweep for one sample: ``p0``, ``p1``, ``adj`` are 1-d."""
+def sweep_one(first, rows, x, y, gather, ext, adj, reach):  # pragma: no cover - compiled
+    """The sweep for one sample: ``ext`` and ``adj`` are 1-d."""
     if reach.size:
         if rows.size:
-            _listed_masked(first, rows, x, y, p0, p1, adj, reach)
+            _listed_masked(first, rows, x, y, gather, ext, adj, reach)
         else:
-            _range_masked(first, rows, x, y, p0, p1, adj, reach)
+            _range_masked(first, rows, x, y, gather, ext, adj, reach)
     elif rows.size:
-        _listed(first, rows, x, y, p0, p1, adj, reach)
+        _listed(first, rows, x, y, gather, ext, adj, reach)
     else:
-        _range(first, rows, x, y, p0, p1, adj, reach)
+        _range(first, rows, x, y, gather, ext, adj, reach)
 
 
 @njit(_BATCH, **_OPTIONS)
-def sweep_batch(first, rows, x, y, p0, p1, adj, reach):  # pragma: no cover - compiled
-    """The sweep for a batch: ``p0``, ``p1``, ``adj`` are ``(rows, samples)``."""
-    both = p1.size > 0
+def sweep_batch(first, rows, x, y, gather, ext, adj, reach):  # pragma: no cover - compiled
+    """The sweep for a batch: ``ext`` and ``adj`` are ``(entries, samples)``."""
+    m = x.size
+    both = gather.size > m
     masked = reach.size > 0
     listed = rows.size > 0
     samples = adj.shape[1]
-    for k in range(x.size - 1, -1, -1):
+    for k in range(m - 1, -1, -1):
         r = rows[k] if listed else first + k
         i = x[k]
         j = y[k]
@@ -133,19 +141,19 @@ def sweep_batch(first, rows, x, y, p0, p1, adj, reach):  # pragma: no cover - co
             reach[i] = True
             if both:
                 reach[j] = True
+        e0 = gather[k]
+        e1 = gather[m + k] if both else e0
         for s in range(samples):
             g = adj[r, s]
-            adj[i, s] += p0[k, s] * g
+            adj[i, s] += ext[e0, s] * g
             if both:
-                adj[j, s] += p1[k, s] * g
+                adj[j, s] += ext[e1, s] * g
 
 
-def reverse_sweep(first, rows, x, y, part, adj, reach) -> None:
-    """The sweep: ``part`` is ``(blocks, rows, samples)`` (``blocks`` 1: slot 0 only),
-    ``adj`` is ``(plan rows, samples)``, both C-contiguous; ``adj`` is updated in place."""
-    p0 = part[0]
-    p1 = part[1] if part.shape[0] == 2 else p0[:0]
+def reverse_sweep(first, rows, x, y, gather, ext, adj, reach) -> None:
+    """The sweep: ``ext`` is ``(entries, samples)``, ``adj`` ``(plan rows, samples)``,
+    both C-contiguous; ``adj`` is updated in place."""
     if adj.shape[1] == 1:
-        sweep_one(first, rows, x, y, p0[:, 0], p1[:, 0], adj[:, 0], reach)
+        sweep_one(first, rows, x, y, gather, ext[:, 0], adj[:, 0], reach)
     else:
-        sweep_batch(first, rows, x, y, p0, p1, adj, reach)
+        sweep_batch(first, rows, x, y, gather, ext, adj, reach)

@@ -628,10 +628,13 @@ class _Partials:
     """How to compute the local partials of rows laid out in ``order`` (operands
     ``t0``, ``t1``): flat, slot 0 block then slot 1, in the layout's positions.
 
-    Partials that are constants (``+``, ``-``, ``neg``) or operand values (``*``) come
-    from ONE ``np.take`` of the values extended by the constants (:attr:`gather`: m
-    entries per slot, slot 1 only when asked for); the other ops are computed per call
-    from precomputed operand rows. Built on first use.
+    Every partial is one entry of the *extended values* (:meth:`extended`): the values,
+    then the constants partials take (``+``, ``-``, ``neg``: 1, -1, ...), then the
+    partials of the other ops, computed per call from precomputed operand rows.
+    :attr:`gather` says which entry each position reads (m entries per slot, slot 1
+    only when asked for; ``*`` reads its other operand's value), so the partials are
+    ONE ``np.take`` (:meth:`compute`), or are read where they lie by the compiled
+    sweep. Built on first use.
     """
 
     def __init__(self, plan: Plan, order: np.ndarray | slice, t0: np.ndarray,
@@ -677,15 +680,25 @@ class _Partials:
                         gather[slot * m + at] = size + consts.index(v)
                     gathered.add(rule)
                     continue
+            computed.append((rule, at))
+        # the computed partials follow the constants: slot 0 of each op, then its slot 1
+        tail = size + len(consts)
+        self.computed = []
+        for rule, at in computed:
             operands = "x" in rule.reads or "y" in rule.reads
-            computed.append((rule, at, m + at if rule.arity == 2 else None,
-                             self.t0[at] if operands else None,
-                             self.t1[at] if operands else None,
-                             self._rows_at(at) if "o" in rule.reads else None))
+            slots = 2 if rule.arity == 2 and slot1 else 1
+            for slot in range(slots):
+                gather[slot * m + at] = np.arange(tail + slot * at.size,
+                                                  tail + (slot + 1) * at.size)
+            self.computed.append((rule, tail, slots, at.size,
+                                  self.t0[at] if operands else None,
+                                  self.t1[at] if operands else None,
+                                  self._rows_at(at) if "o" in rule.reads else None))
+            tail += slots * at.size
         self.consts = np.array(consts, float)
+        self.entries = tail                    # entries of the extended values
         # where the gather reads the constant 1 (-1: nowhere), see Backward._constant_links
         self.one = size + consts.index(1.0) if 1.0 in consts else -1
-        self.computed = computed
         self.gathered = gathered       # the ops gathered: for the timed path, op by op
         self.gather = gather           # last: other threads test it (a shared schedule)
 
@@ -697,37 +710,42 @@ class _Partials:
             gather = self.gather
         return gather
 
+    def extended(self, values: np.ndarray, timing=None, slot1: bool = True) -> np.ndarray:
+        """The extended values that :attr:`gather` reads (see the class doc), shaped
+        ``(entries,) + values.shape[1:]``; with ``timing``, each computed op's time."""
+        self.ready(slot1)
+        n = values.shape[0]
+        ext = np.empty((self.entries,) + values.shape[1:])
+        ext[:n] = values
+        ext[n: n + self.consts.size] = _column(self.consts, values)
+        with np.errstate(all="ignore"):
+            for rule, tail, slots, count, t0, t1, out in self.computed:
+                start = perf_counter() if timing is not None else 0.0
+                d = rule.partials(None if t0 is None else values.take(t0, axis=0),
+                                  None if t1 is None else values.take(t1, axis=0),
+                                  None if out is None else values.take(out, axis=0))
+                for slot in range(slots):
+                    ext[tail + slot * count: tail + (slot + 1) * count] = d[slot]
+                if timing is not None:
+                    timing.op(rule.name, count, perf_counter() - start)
+        return ext
+
     def compute(self, values: np.ndarray, timing=None, slot1: bool = True) -> np.ndarray:
         """The partials (without ``slot1``: the slot 0 block only), shaped
         ``(blocks * m,) + values.shape[1:]``."""
         m = self.m
         slot1 = slot1 or timing is not None
-        gather = self.ready(slot1)
-        ext = np.empty((values.shape[0] + self.consts.size,) + values.shape[1:])
-        ext[:values.shape[0]] = values
-        ext[values.shape[0]:] = _column(self.consts, values)
+        ext = self.extended(values, timing, slot1)
+        gather = self.gather
         if timing is None:
-            part = ext.take(gather if slot1 else gather[:m], axis=0)
-        else:                                  # the same gather, op by op
-            part = np.zeros((gather.size,) + values.shape[1:])
-            for rule, at in self.by_op():
-                if rule not in self.gathered:
-                    continue
-                start = perf_counter()
-                pos = np.concatenate((at, m + at))
-                part[pos] = ext.take(gather[pos], axis=0)
+            return ext.take(gather if slot1 else gather[:m], axis=0)
+        part = np.empty((gather.size,) + values.shape[1:])     # the same take, op by op
+        for rule, at in self.by_op():
+            start = perf_counter()
+            pos = np.concatenate((at, m + at))
+            part[pos] = ext.take(gather[pos], axis=0)
+            if rule in self.gathered:          # (computed ops: timed in ``extended``)
                 timing.op(rule.name, at.size, perf_counter() - start)
-        with np.errstate(all="ignore"):
-            for rule, at, at1, t0, t1, out in self.computed:
-                start = perf_counter() if timing is not None else 0.0
-                d0, d1 = rule.partials(None if t0 is None else values.take(t0, axis=0),
-                                       None if t1 is None else values.take(t1, axis=0),
-                                       None if out is None else values.take(out, axis=0))
-                part[at] = d0
-                if at1 is not None and slot1:
-                    part[at1] = d1
-                if timing is not None:
-                    timing.op(rule.name, at.size, perf_counter() - start)
         return part
 
 
@@ -1094,8 +1112,7 @@ class Backward:
     def _run_compiled(self, kernel: Any, values: np.ndarray) -> np.ndarray:
         """:meth:`run` by the compiled sweep over the rows in order (the numba kernels)."""
         layout = self._rows_in_order()
-        m = layout.x.size
-        part = layout.partials.compute(values, slot1=layout.slot1)
+        ext = layout.partials.extended(values, slot1=layout.slot1)
         samples = int(np.prod(values.shape[1:], dtype=np.intp))
         adj = np.zeros(values.shape)
         adj[self.output] = 1.0
@@ -1103,9 +1120,9 @@ class Backward:
         if not self.exact:
             reach = np.zeros(self.plan.size, bool)
             reach[self.output] = True
-        kernel(layout.first, layout.rows, layout.x, layout.y,
-               part.reshape(part.shape[0] // m if m else 1, m, samples),
-               adj.reshape(values.shape[0], samples), reach)
+        kernel(layout.first, layout.rows, layout.x, layout.y, layout.partials.gather,
+               ext.reshape(ext.shape[0], samples), adj.reshape(values.shape[0], samples),
+               reach)
         self._last.reached = None if self.exact else reach
         self._last.anomaly = None
         return adj

@@ -284,18 +284,20 @@ def _plain_sweep(first, rows, x, y, p0, p1, adj, reach):
 @pytest.mark.parametrize("dtype", [np.int32, np.int64])
 def test_compiled_loops_equal_a_plain_loop_bit_for_bit(listed, masked, both, dtype):
     """Chain links (x = r - 1, kept in a register by the range loop), a * a (x = y =
-    r - 1), random operands, unreached rows: the same sums in the same order."""
+    r - 1), random operands, unreached rows, partials read through a gather (shared
+    entries, as constants are): the same sums in the same order."""
     from tapegrad._numba_kernels import reverse_sweep
     rng = np.random.default_rng(7)
-    first, m, samples = 5, 400, 1
+    first, m = 5, 400
     r = first + np.arange(m)
     kind = rng.integers(0, 4, m)
     x = np.where(kind == 0, rng.integers(0, r), r - 1)              # mostly links
     y = np.where(kind == 1, r - 1, rng.integers(0, r))              # some a * a
     y = np.where(kind == 2, x, y)
     rows = r.astype(dtype) if listed else np.zeros(0, dtype)
+    gather = rng.integers(0, 300, (2 if both else 1) * m).astype(np.intp)
     for samples in (1, 3):
-        part = rng.uniform(-1.5, 1.5, (2 if both else 1, m, samples))
+        ext = rng.uniform(-1.5, 1.5, (300, samples))
         adj = np.zeros((first + m + 2, samples))
         adj[first + m - 1] = 1.0
         adj[first + m - 7] = 0.5                                     # a second seed
@@ -306,9 +308,10 @@ def test_compiled_loops_equal_a_plain_loop_bit_for_bit(listed, masked, both, dty
         ref_adj, ref_reach = adj.copy(), reach.copy()
         for s in range(samples):
             reach_s = reach.copy()
-            _plain_sweep(first, rows, x, y, part[0, :, s],
-                         part[1, :, s] if both else part[0, :0, s], ref_adj[:, s], reach_s)
+            p = ext[gather, s].reshape(-1, m)
+            _plain_sweep(first, rows, x, y, p[0], p[1] if both else p[0, :0],
+                         ref_adj[:, s], reach_s)
             ref_reach = reach_s
-        reverse_sweep(first, rows, x.astype(dtype), y.astype(dtype), part, adj, reach)
+        reverse_sweep(first, rows, x.astype(dtype), y.astype(dtype), gather, ext, adj, reach)
         assert np.array_equal(adj, ref_adj)
         assert np.array_equal(reach, ref_reach)
