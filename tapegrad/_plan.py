@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -630,18 +630,18 @@ class _Partials:
 
     Every partial is one entry of the *extended values* (:meth:`extended`): the values,
     then the constants partials take (``+``, ``-``, ``neg``: 1, -1, ...), then the
-    partials of the other ops, computed per call from precomputed operand rows.
-    :attr:`gather` says which entry each position reads (m entries per slot, slot 1
-    only when asked for; ``*`` reads its other operand's value), so the partials are
-    ONE ``np.take`` (:meth:`compute`), or are read where they lie by the compiled
-    sweep. Built on first use.
+    partials of the other ops, computed per call from precomputed operand rows. The
+    schedule's gather (:meth:`ready`) says which entry each position reads (m entries
+    per slot, slot 1 only when asked for; ``*`` reads its other operand's value), so
+    the partials are ONE ``np.take`` (:meth:`compute`), or are read where they lie by
+    the compiled sweep. Built on first use.
     """
 
     def __init__(self, plan: Plan, order: np.ndarray | slice, t0: np.ndarray,
                  t1: np.ndarray) -> None:
         self.plan, self.order, self.t0, self.t1 = plan, order, t0, t1
         self.m = t0.size                      # rows laid out (``order`` may be a slice)
-        self.gather: np.ndarray | None = None
+        self.schedule: _PartialsSchedule | None = None
 
     def _rows_at(self, at: np.ndarray) -> np.ndarray:
         order = self.order
@@ -659,7 +659,7 @@ class _Partials:
         return [(OPS[int(op[by_op[a]])], by_op[a:b])
                 for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist())]
 
-    def _schedule(self, slot1: bool) -> None:
+    def _schedule(self, slot1: bool) -> _PartialsSchedule:
         m, size = self.m, self.plan.size
         consts = [0.0]                          # slot 1 of unary ops: zero, as before
         gather = np.full((2 if slot1 else 1) * m, size, np.intp)
@@ -683,43 +683,42 @@ class _Partials:
             computed.append((rule, at))
         # the computed partials follow the constants: slot 0 of each op, then its slot 1
         tail = size + len(consts)
-        self.computed = []
+        steps = []
         for rule, at in computed:
             operands = "x" in rule.reads or "y" in rule.reads
             slots = 2 if rule.arity == 2 and slot1 else 1
             for slot in range(slots):
                 gather[slot * m + at] = np.arange(tail + slot * at.size,
                                                   tail + (slot + 1) * at.size)
-            self.computed.append((rule, tail, slots, at.size,
-                                  self.t0[at] if operands else None,
-                                  self.t1[at] if operands else None,
-                                  self._rows_at(at) if "o" in rule.reads else None))
+            steps.append((rule, tail, slots, at.size,
+                          self.t0[at] if operands else None,
+                          self.t1[at] if operands else None,
+                          self._rows_at(at) if "o" in rule.reads else None))
             tail += slots * at.size
-        self.consts = np.array(consts, float)
-        self.entries = tail                    # entries of the extended values
         # where the gather reads the constant 1 (-1: nowhere), see Backward._constant_links
-        self.one = size + consts.index(1.0) if 1.0 in consts else -1
-        self.gathered = gathered       # the ops gathered: for the timed path, op by op
-        self.gather = gather           # last: other threads test it (a shared schedule)
+        one = size + consts.index(1.0) if 1.0 in consts else -1
+        return _PartialsSchedule(gather, np.array(consts, float), steps, tail, one, gathered)
 
-    def ready(self, slot1: bool) -> np.ndarray:
-        """The gather, built (again, with both slots) if it lacks what is asked for."""
-        gather = self.gather
-        if gather is None or (slot1 and gather.size < 2 * self.m):
-            self._schedule(slot1)
-            gather = self.gather
-        return gather
+    def ready(self, slot1: bool) -> _PartialsSchedule:
+        """The schedule, built (again, with both slots) if it lacks what is asked for.
+        Published whole: a thread sharing it sees one version or the other."""
+        schedule = self.schedule
+        if schedule is None or (slot1 and schedule.gather.size < 2 * self.m):
+            schedule = self.schedule = self._schedule(slot1)
+        return schedule
 
-    def extended(self, values: np.ndarray, timing=None, slot1: bool = True) -> np.ndarray:
-        """The extended values that :attr:`gather` reads (see the class doc), shaped
-        ``(entries,) + values.shape[1:]``; with ``timing``, each computed op's time."""
-        self.ready(slot1)
+    def extended(self, values: np.ndarray, timing=None, slot1: bool = True,
+                 schedule: _PartialsSchedule | None = None) -> np.ndarray:
+        """The extended values that the schedule's gather reads (see the class doc),
+        shaped ``(entries,) + values.shape[1:]``; with ``timing``, each computed op's
+        time. Pass the ``schedule`` whose gather will read them (:meth:`ready`)."""
+        s = schedule if schedule is not None else self.ready(slot1)
         n = values.shape[0]
-        ext = np.empty((self.entries,) + values.shape[1:])
+        ext = np.empty((s.entries,) + values.shape[1:])
         ext[:n] = values
-        ext[n: n + self.consts.size] = _column(self.consts, values)
+        ext[n: n + s.consts.size] = _column(s.consts, values)
         with np.errstate(all="ignore"):
-            for rule, tail, slots, count, t0, t1, out in self.computed:
+            for rule, tail, slots, count, t0, t1, out in s.computed:
                 start = perf_counter() if timing is not None else 0.0
                 d = rule.partials(None if t0 is None else values.take(t0, axis=0),
                                   None if t1 is None else values.take(t1, axis=0),
@@ -735,18 +734,29 @@ class _Partials:
         ``(blocks * m,) + values.shape[1:]``."""
         m = self.m
         slot1 = slot1 or timing is not None
-        ext = self.extended(values, timing, slot1)
-        gather = self.gather
+        s = self.ready(slot1)
+        ext = self.extended(values, timing, slot1, s)
         if timing is None:
-            return ext.take(gather if slot1 else gather[:m], axis=0)
-        part = np.empty((gather.size,) + values.shape[1:])     # the same take, op by op
+            return ext.take(s.gather if slot1 else s.gather[:m], axis=0)
+        part = np.empty((s.gather.size,) + values.shape[1:])   # the same take, op by op
         for rule, at in self.by_op():
             start = perf_counter()
             pos = np.concatenate((at, m + at))
-            part[pos] = ext.take(gather[pos], axis=0)
-            if rule in self.gathered:          # (computed ops: timed in ``extended``)
+            part[pos] = ext.take(s.gather[pos], axis=0)
+            if rule in s.gathered:             # (computed ops: timed in ``extended``)
                 timing.op(rule.name, at.size, perf_counter() - start)
         return part
+
+
+class _PartialsSchedule(NamedTuple):
+    """What :class:`_Partials` builds once (see its doc)."""
+
+    gather: np.ndarray      # entry of the extended values each position reads
+    consts: np.ndarray      # the constant partials, after the values
+    computed: list          # (rule, first entry, slots, rows, x, y, out) per computed op
+    entries: int            # size of the extended values
+    one: int                # the entry holding the constant 1 (-1: none)
+    gathered: set           # the ops whose partials are values or constants
 
 
 @dataclass
@@ -1112,7 +1122,8 @@ class Backward:
     def _run_compiled(self, kernel: Any, values: np.ndarray) -> np.ndarray:
         """:meth:`run` by the compiled sweep over the rows in order (the numba kernels)."""
         layout = self._rows_in_order()
-        ext = layout.partials.extended(values, slot1=layout.slot1)
+        schedule = layout.partials.ready(layout.slot1)
+        ext = layout.partials.extended(values, schedule=schedule)
         samples = int(np.prod(values.shape[1:], dtype=np.intp))
         adj = np.zeros(values.shape)
         adj[self.output] = 1.0
@@ -1120,7 +1131,7 @@ class Backward:
         if not self.exact:
             reach = np.zeros(self.plan.size, bool)
             reach[self.output] = True
-        kernel(layout.first, layout.rows, layout.x, layout.y, layout.partials.gather,
+        kernel(layout.first, layout.rows, layout.x, layout.y, schedule.gather,
                ext.reshape(ext.shape[0], samples), adj.reshape(values.shape[0], samples),
                reach)
         self._last.reached = None if self.exact else reach
@@ -1166,7 +1177,8 @@ class Backward:
     def _constant_links(self, ch: _FoldedChains) -> None:
         """Fill in ``ch``'s :attr:`~_FoldedChains.ones_from`, ``side_scaled`` and
         ``side_at`` from which partials the schedule takes from the constant 1."""
-        one, gather = self._part.one, self._part.gather
+        schedule = self._part.schedule
+        one, gather = schedule.one, schedule.gather
         links = ch.link_index()
         at_links = gather[links]
         varies = np.flatnonzero(~(at_links.reshape(ch.rows[1:].shape) == one).all(axis=1))
