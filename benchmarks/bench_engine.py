@@ -29,6 +29,7 @@ raised recursion limit for W3; for W2 it raises ``RecursionError`` (shown on a 5
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -460,6 +461,16 @@ def numba_available() -> bool:
     return True
 
 
+@contextlib.contextmanager
+def kernels_set(name: str):
+    """Run the block on the kernels ``name`` (loaded first), then restore the choice."""
+    previous = tapegrad.set_kernels(name)
+    try:
+        yield
+    finally:
+        tapegrad.set_kernels(previous)
+
+
 def bench_numba(quick: bool, sizes: list[int]) -> dict | None:
     """W1, W2 and W3 again on the numba kernels (their compile or cache load before)."""
     if not numba_available():
@@ -467,15 +478,12 @@ def bench_numba(quick: bool, sizes: list[int]) -> dict | None:
         return None
     print("numba kernels: W1, W2, W3 ...", flush=True)
     t0 = time.perf_counter()
-    previous = tapegrad.set_kernels("numba")
-    out: dict = {"load_s": time.perf_counter() - t0}
-    try:
+    with kernels_set("numba"):
+        out: dict = {"load_s": time.perf_counter() - t0}
         out["w1"] = bench_w1(steps=5 if quick else 30, peer_steps=0,
                              warm_up=2 if quick else 16, peers=False)
         out["w2"] = bench_w2(10**5 if quick else 10**6, peers=False)
         out["w3"] = [bench_w3(n, peers=False) for n in sizes]
-    finally:
-        tapegrad.set_kernels(previous)
     return out
 
 

@@ -30,7 +30,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _checkout  # noqa: E402,F401,I001  (this checkout's tapegrad first)
-from bench_engine import GC, collect_if_off, moons_data, moons_step  # noqa: E402
+from bench_engine import (  # noqa: E402
+    GC,
+    collect_if_off,
+    kernels_set,
+    moons_data,
+    moons_step,
+    numba_available,
+)
 
 import tapegrad  # noqa: E402
 import tapegrad.nn  # noqa: E402
@@ -74,12 +81,9 @@ def bench_steps(repeat: int, peer_steps: int) -> dict:
     replay_step()
     out = {"replay_step": best(replay_step, repeat), "replay_step_numba": None}
     if numba_available():
-        previous = tapegrad.set_kernels("numba")
-        try:
+        with kernels_set("numba"):
             replay_step()
             out["replay_step_numba"] = best(replay_step, repeat)
-        finally:
-            tapegrad.set_kernels(previous)
     random.seed(1337)
     eager_model = tapegrad.nn.MLP(2, [16, 16, 1])
     moons_step(tapegrad.Value, eager_model, X, y, 0)
@@ -94,26 +98,6 @@ def bench_steps(repeat: int, peer_steps: int) -> dict:
                                                            1), 1)
                                    for _ in range(peer_steps)])
     return out
-
-
-def numba_available() -> bool:
-    """Whether the optional numba kernels can be loaded (``pip install -e ".[numba]"``)."""
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def with_kernels(name: str, fn):
-    """``fn`` run on the kernels ``name``."""
-    def run():
-        previous = tapegrad.set_kernels(name)
-        try:
-            return fn()
-        finally:
-            tapegrad.set_kernels(previous)
-    return run
 
 
 def interleaved(contenders: dict, repeat: int, rounds: int = 10) -> dict:
@@ -144,11 +128,11 @@ def bench_value_and_grad(repeat: int) -> dict:
     theta = np.array([p.data for p in params])
     value, grad = f.value_and_grad(theta)
     out: dict = {"numba": None, "casadi": None}
-    keep = tapegrad.kernels()
     contenders = {"tapegrad": (lambda: tapegrad.set_kernels("numpy"),
                                lambda: f.value_and_grad(theta))}
     if numba_available():
-        _, numba_grad = with_kernels("numba", lambda: f.value_and_grad(theta))()
+        with kernels_set("numba"):
+            _, numba_grad = f.value_and_grad(theta)
         out["numba_agree"] = bool(np.allclose(numba_grad, grad, rtol=1e-12, atol=1e-15))
         contenders["numba"] = (lambda: tapegrad.set_kernels("numba"),
                                lambda: f.value_and_grad(theta))
@@ -158,10 +142,8 @@ def bench_value_and_grad(repeat: int) -> dict:
         out["agree"] = bool(abs(float(cv) - value) < 1e-12 * abs(value)
                             and np.allclose(np.array(cg).ravel(), grad, rtol=1e-9, atol=1e-15))
         contenders["casadi"] = (lambda: None, lambda: cf(theta))
-    try:
+    with kernels_set(tapegrad.kernels()):          # the rounds switch kernels
         out.update(interleaved(contenders, repeat))
-    finally:
-        tapegrad.set_kernels(keep)
     return out
 
 
