@@ -579,9 +579,6 @@ class _DotLayout:
         self.w_lv, self.s_lv = w_lv, s_lv
         self.act = act
         self.x_imm = x_imm
-        # the immediates column: zeros when there are no immediates (inputs and starts
-        # are Values), else filled per call
-        self.zeros = np.zeros(self.op.size) if not x_imm and s_rows is not None else None
         self._levels: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
 
     def levels(self, x_lv: list) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -590,6 +587,8 @@ class _DotLayout:
         key = tuple(x_lv)
         found = self._levels.get(key)
         if found is None:
+            if len(self._levels) >= _STACKS_KEPT:    # inputs of many levels: start afresh
+                self._levels.clear()
             g_n = self.w_lv.shape[0]
             p_lv = np.maximum(self.w_lv, np.array(x_lv, np.int64)) + 1    # products
             acc_lv = _chain_levels(self.s_lv, p_lv)
@@ -629,46 +628,47 @@ def record_dots(t: Rows, w: list, x: list, starts: list, act: Op | None,
 
 
 def record_layers(t: Rows, layers: list[tuple[list, list, Op | None, list | None]],
-                  x: list) -> tuple[list, list[int]] | None:
+                  x: list, stacks: dict | None = None) -> tuple[list, list[int]] | None:
     """:func:`record_dots` for a stack of layers ``(w, starts, act, memo)``, each
-    reading the previous one's results (an MLP): one reservation, and Values only for
-    the last layer's results. The rows are those of the layers called one by one.
+    reading the previous one's results (an MLP): one reservation, one write of every
+    layer's rows, and Values only for the last layer's results. The rows are those of
+    the layers called one by one.
+
+    ``stacks``: a dict the caller keeps between calls with the same layers, where the
+    layers' rows laid end to end (:class:`_StackLayout`) are kept.
 
     Returns (the last layer's results, each layer's first row), or None (the caller then
     records the layers one by one)."""
     x_imm = type(x[0]) is float
     if x_imm and any(type(v) is not float for v in x):
         return None
-    sizes, n = [], len(x)
+    total, n = 0, len(x)
     for w, starts, act, _ in layers:
         if len(w[0]) != n:              # sizes that do not chain: the layers say so
             return None
         if type(starts[0]) is float and any(type(v) is not float for v in starts):
             return None
-        sizes.append(len(w) * (2 * n + (act is not None)))
+        total += len(w) * (2 * n + (act is not None))
         n = len(w)
-    first = t.reserve(sum(sizes))      # may compact: operand rows are read after it
+    first = t.reserve(total)            # may compact: operand rows are read after it
     if x_imm:
-        x_rows, x_val, x_lv = None, np.array(x, np.float64), [0] * len(x)
+        x_rows, x_val, x_lv = None, np.array(x, np.float64), (0,) * len(x)
     else:
         xs = operand_rows(t, x)
         if xs is None:
             return None
         x_rows = np.array(xs[0], np.intp)
-        x_val, x_lv = t.vals.obj[x_rows], xs[1]
-    plans = []
+        x_val, x_lv = t.vals.obj[x_rows], tuple(xs[1])
+    found = []
     for k, (w, starts, act, memo) in enumerate(layers):
-        found = _dot_layout(t, w, starts, act, x_imm and k == 0, memo)
-        if found is None:
+        layout = _dot_layout(t, w, starts, act, x_imm and k == 0, memo)
+        if layout is None:
             return None
-        plans.append(found)
-    firsts, at = [], first
-    for (layout, w_rows, s_rows), (_, starts, _, _), size in zip(plans, layers, sizes):
-        firsts.append(at)
-        x_rows, x_val, x_lv = _write_dots(t, at, layout, w_rows, s_rows, starts, x_rows,
-                                          x_val, x_lv)
-        at += size
-    return _new_values(t, x_rows, x_lv), firsts
+        found.append(layout)
+    stack = _stack_layout(stacks, found, x_lv)
+    _write_stack(t, first, stack, [starts for _, starts, _, _ in layers], x_rows, x_val)
+    return (_new_values(t, stack.out + first, stack.out_lv),
+            [first + off for off in stack.offsets])
 
 
 def _dot_layout(t: Rows, w: list, starts: list, act: Op | None, x_imm: bool,
@@ -701,48 +701,130 @@ def _dot_layout(t: Rows, w: list, starts: list, act: Op | None, x_imm: bool,
     return layout, w_rows, s_rows
 
 
-def _write_dots(t: Rows, first: int, layout: _DotLayout, w_rows: np.ndarray,
-                s_rows: np.ndarray | None, starts: list, x_rows: np.ndarray | None,
-                x_val: np.ndarray, x_lv: list) -> tuple[np.ndarray, np.ndarray, list]:
-    """Write one layer's rows from ``first`` on (reserved); (rows, values, levels) of
-    its results. ``x_rows`` None: the inputs are immediates ``x_val``."""
-    g_n, stride = w_rows.shape[0], layout.stride
-    vals = t.vals.obj
-    s_imm = s_rows is None
-    s_val = np.array(starts, np.float64) if s_imm else vals[s_rows]
-    prod = vals[w_rows] * x_val
-    acc = np.add.accumulate(np.concatenate((s_val[:, None], prod), axis=1), axis=1)
-    value = np.empty((g_n, stride))
-    value[:, layout.mul] = prod
-    value[:, layout.add] = acc[:, 1:]
-    c = layout.zeros
-    if c is None:
-        c = np.zeros((g_n, stride))
-        if x_rows is None:
-            c[:, layout.mul] = x_val
-        if s_imm:
-            c[:, 1] = s_val
-    act = layout.act
-    if act is RELU:          # ops.RELU's scalar rule, vectorized (-0.0 and nan kept)
+_STACKS_KEPT = 16       # stack layouts kept per caller (one per levels of the inputs)
+
+
+def _stack_layout(stacks: dict | None, found: list, x_lv: tuple) -> _StackLayout:
+    """The :class:`_StackLayout` of the layers ``found`` (from :func:`_dot_layout`) for
+    inputs of levels ``x_lv``: from ``stacks`` if it was built for these layouts."""
+    if stacks is None:
+        return _StackLayout(found, x_lv)
+    stack = stacks.get(x_lv)
+    if stack is None or any(a is not b[0] for a, b in zip(stack.layouts, found)):
+        if stack is not None or len(stacks) >= _STACKS_KEPT:
+            stacks.clear()              # the layers changed (or many input levels)
+        stack = stacks[x_lv] = _StackLayout(found, x_lv)
+    return stack
+
+
+class _StackLayout:
+    """The rows :func:`record_layers` writes, except what changes per call: each
+    layer's :class:`_DotLayout` laid end to end, layer ``k + 1`` reading layer ``k``'s
+    results as operands relative to the first row (as the layers' own rows are).
+
+    Per call only the values, the first layer's input rows (or immediates) and
+    immediate starts change. One gather reads every weight's and Value start's value.
+    """
+
+    def __init__(self, found: list, x_lv: tuple) -> None:
+        self.layouts = tuple(layout for layout, _, _ in found)
+        sizes = [layout.op.size for layout in self.layouts]
+        self.offsets = np.cumsum([0] + sizes[:-1]).tolist()
+        self.size = sum(sizes)
+        self.op = np.concatenate([layout.op for layout in self.layouts])
+        args, rel, low_rel, low_abs, level = [], [], [], [], []
+        lv: Any = list(x_lv)
+        for k, (layout, off) in enumerate(zip(self.layouts, self.offsets)):
+            a = layout.args + off * layout.rel      # rows relative to the stack's first
+            r = layout.rel.copy()
+            low = layout.low_rel + off
+            lv_k, out_lv, inner = layout.levels(lv)
+            if k == 0:
+                self.x_inner = inner
+            else:                                   # inputs: the layer before's results
+                prev = self.offsets[k - 1] + self.layouts[k - 1].out
+                shape = (-1, layout.stride)
+                a[1].reshape(shape)[:, layout.mul] = prev
+                r[1].reshape(shape)[:, layout.mul] = 1
+                products = low.reshape(shape)[:, layout.mul]
+                np.minimum(products, prev, out=products)     # never leaves (levels >= 1)
+            args.append(a)
+            rel.append(r)
+            low_rel.append(low)
+            low_abs.append(layout.low_abs if layout.low_abs is not None
+                           else np.full(layout.op.size, _FAR))
+            level.append(lv_k)
+            lv = out_lv.tolist()
+        self.args = np.concatenate(args, axis=1)
+        self.rel = np.concatenate(rel, axis=1)
+        self.low_rel = np.concatenate(low_rel)
+        self.low_abs = (np.concatenate(low_abs) if any(
+            layout.low_abs is not None for layout in self.layouts) else None)
+        self.level = np.concatenate(level)
+        self.out = self.offsets[-1] + self.layouts[-1].out
+        self.out_lv = lv
+        # one gather: the weights of every layer, then the starts that are Values
+        rows = [w.ravel() for _, w, _ in found] + [s for _, _, s in found if s is not None]
+        self.gather = np.concatenate(rows)
+        self.w_at, self.s_at, at = [], [], 0
+        for _, w, _ in found:
+            self.w_at.append(slice(at, at + w.size))
+            at += w.size
+        for _, _, s in found:
+            self.s_at.append(None if s is None else slice(at, at + s.size))
+            at += 0 if s is None else s.size
+        self.immediates = found[0][0].x_imm or any(s is None for _, _, s in found)
+        self.zeros = None if self.immediates else np.zeros(self.size)
+
+
+def _write_stack(t: Rows, first: int, stack: _StackLayout, starts: list,
+                 x_rows: np.ndarray | None, x_val: np.ndarray) -> None:
+    """Write the stack's rows from ``first`` on (reserved). ``x_rows`` None: the first
+    layer's inputs are the immediates ``x_val``."""
+    got = t.vals.obj[stack.gather]
+    value = np.empty(stack.size)
+    c = stack.zeros if stack.zeros is not None else np.zeros(stack.size)
+    for k, (layout, off) in enumerate(zip(stack.layouts, stack.offsets)):
+        shape = (-1, layout.stride)
+        block = value[off: off + layout.op.size].reshape(shape)
+        at = stack.s_at[k]
+        s_val = got[at] if at is not None else np.array(starts[k], np.float64)
+        prod = block[:, layout.mul]
+        np.multiply(got[stack.w_at[k]].reshape(prod.shape), x_val, out=prod)
+        acc = block[:, layout.add]
+        acc[...] = prod
+        acc[:, 0] += s_val                  # start + p0 (as p0 + start: the same bits)
+        np.add.accumulate(acc, axis=1, out=acc)     # then acc + p1, ...: left to right
+        if stack.immediates:
+            c_block = c[off: off + layout.op.size].reshape(shape)
+            if at is None:
+                c_block[:, 1] = s_val
+            if k == 0 and x_rows is None:
+                c_block[:, layout.mul] = x_val
+        act = layout.act
+        if act is None:
+            x_val = acc[:, -1]
+            continue
         last = acc[:, -1]
-        value[:, -1] = np.where(last < 0, 0.0, last)
-    elif act is not None:
-        evaluate = act.evaluate
-        value[:, -1] = [evaluate(s, 0.0) for s in acc[:, -1].tolist()]
-    args = layout.rel * first
-    args += layout.args
+        if act is RELU:     # ops.RELU's scalar rule, vectorized (-0.0 and nan kept)
+            block[:, -1] = np.where(last < 0, 0.0, last)
+        else:
+            evaluate = act.evaluate
+            block[:, -1] = [evaluate(s, 0.0) for s in last.tolist()]
+        x_val = block[:, -1]
+    args = stack.rel * first
+    args += stack.args
+    low = stack.low_rel + first
+    if stack.low_abs is not None:
+        np.minimum(low, stack.low_abs, out=low)
     if x_rows is not None:
-        args[1].reshape(g_n, stride)[:, layout.mul] = x_rows
-    level, out_lv, x_inner = layout.levels(x_lv)
-    low = layout.low_rel + first
-    if layout.low_abs is not None:
-        np.minimum(low, layout.low_abs, out=low)
-    if x_inner is not None:                     # inputs that are not leaves
-        products = low.reshape(g_n, stride)[:, layout.mul]
-        np.minimum(products, np.where(x_inner, x_rows, _FAR), out=products)
-    t.write_rows(layout.op, args[0], args[1], c.ravel(), value.ravel(), level, low)
-    out = layout.out + first
-    return out, value.reshape(-1)[layout.out], out_lv.tolist()
+        layout = stack.layouts[0]
+        shape = (-1, layout.stride)
+        args[1, : layout.op.size].reshape(shape)[:, layout.mul] = x_rows
+        if stack.x_inner is not None:           # inputs that are not leaves
+            products = low[: layout.op.size].reshape(shape)[:, layout.mul]
+            np.minimum(products, np.where(stack.x_inner, x_rows, _FAR), out=products)
+    t.write_rows(stack.op, args[0], args[1], c, value, stack.level, low)
 
 
 def record_sum(t: Rows, terms: list, start: Any) -> Any:

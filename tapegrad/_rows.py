@@ -491,11 +491,14 @@ class Rows:
         (``rows`` ascending, past the last mark); from the next row recorded on,
         ``then``."""
         index = self._scope_index
-        if len(rows) < 2 or rows[0] < self._mark_rows[-1] or any(p not in index for p in paths):
-            for row, path in zip(rows, paths):     # a first use of a path: one at a time
+        try:
+            ids = [index[p] for p in paths]
+        except KeyError:                           # a first use of a path
+            ids = None
+        if ids is None or len(rows) < 2 or rows[0] < self._mark_rows[-1]:
+            for row, path in zip(rows, paths):     # one at a time
                 self.mark_scope(path, row)
         else:
-            ids = [index[p] for p in paths]
             if rows[0] == self._mark_rows[-1]:     # the enclosing scope's mark, at the
                 self._mark_ids[-1] = ids[0]        # same row: replaced, as mark_scope does
                 rows, ids = rows[1:], ids[1:]

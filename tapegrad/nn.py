@@ -231,10 +231,12 @@ class _Scoped(Module):
 class _BulkCache:
     """What bulk recording of one layer's neurons worked out on its last call: the
     weights' rows (:func:`_record.record_layers` memo), the neurons' (class,
-    activation, size, name) as checked, their scope paths by enclosing path."""
+    activation, size, name) as checked, their scope paths by enclosing path; the first
+    layer's cache also keeps the rows of the layers recorded with it (``stacks``)."""
 
     def __init__(self) -> None:
         self.memo: list = []
+        self.stacks: dict = {}
         self.kinds: list = []
         self.paths: dict[str, list[str]] = {}
 
@@ -287,7 +289,7 @@ def _record_in_bulk(layers: list[list[Neuron]], caches: list[_BulkCache], scopes
     x = _bulk_inputs(x, len(layers[0][0].w))
     if None in specs or t is None or x is None:
         return None
-    found = _record.record_layers(t, specs, x)
+    found = _record.record_layers(t, specs, x, caches[0].stacks)
     if found is None:
         return None
     out, firsts = found

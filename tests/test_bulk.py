@@ -58,8 +58,8 @@ def bulk_calls():
     from tapegrad import _record
     real, calls = _record.record_layers, []
 
-    def spy(t, layers, x):
-        out = real(t, layers, x)
+    def spy(t, layers, x, stacks=None):
+        out = real(t, layers, x, stacks)
         calls.append(0 if out is None else len(layers))
         return out
 
@@ -148,6 +148,52 @@ def test_mlp_rows_scopes_and_gradients_equal_the_scalar_path():
     assert_same_rows(ta, tb)
     assert "layer1/neuron15" in ta.scope_names
     assert [p.grad for p in model.parameters()] == [p.grad for p in ref.parameters()]
+
+
+@pytest.mark.parametrize("nonlin", ["relu", "tanh"])
+def test_mlp_calls_equal_the_scalar_path_as_inputs_and_layers_change(nonlin):
+    """An MLP writes all its layers' rows at once from a layout it keeps between calls
+    (per levels of the inputs). Calls with leaves, computed inputs of other levels,
+    floats and ints, and with a middle layer's weight, bias and activations changed in
+    between, write the rows the layers called neuron by neuron write."""
+    def inputs(k):
+        base = [0.5 - 0.25 * k, -1.0, 2.0 + k]
+        return ([Value(v) for v in base],                         # leaves
+                [Value(v) * (k + 1.5) for v in base],             # level 1
+                [(Value(v) * 2.0).tanh() + k for v in base],      # level 3
+                base, [k, -2, 3])                                 # floats, ints
+
+    def change(model):
+        middle = model.layers[1].neurons
+        middle[3].w[2] = Value(0.75)
+        middle[0].b = Value(-0.5)
+        for n in middle:
+            n.activation = "sigmoid" if n.activation != "sigmoid" else nonlin
+
+    results = []
+    for bulk in (True, False):
+        random.seed(7)
+        model = MLP(3, [16, 16, 2], nonlin=nonlin)
+        with Tape() as t, bulk_calls() as calls:
+            def call(x, model=model, bulk=bulk):
+                if bulk:
+                    return model(x)
+                for layer in model.layers:
+                    x = neuron_by_neuron(layer, x)
+                return x
+            outs = []
+            for k in range(3):
+                # the weights are the default tape's: the first call mirrors them
+                outs += [call(x) for x in inputs(k)]
+                change(model)
+            loss = sum(o * o for out in outs for o in out)
+            loss.backward()
+        assert calls == ([0] * 4 + [3] * 14 if bulk else [])   # first: MLP, then each layer
+        results.append((t, [o.data for out in outs for o in out],
+                        [p.grad for p in model.parameters()]))
+    (ta, da, ga), (tb, db, gb) = results
+    assert_same_rows(ta, tb)
+    assert da == db and ga == gb and any(ga)
 
 
 def test_an_mlp_with_a_layer_of_the_users_own_calls_it():
