@@ -13,6 +13,7 @@ detection, bad operands) goes to :func:`record_general`, which writes the same r
 
 from __future__ import annotations
 
+import itertools
 import linecache
 import math
 import numbers
@@ -729,19 +730,20 @@ class _StackLayout:
     def __init__(self, found: list, x_lv: tuple) -> None:
         self.layouts = tuple(layout for layout, _, _ in found)
         sizes = [layout.op.size for layout in self.layouts]
-        self.offsets = np.cumsum([0] + sizes[:-1]).tolist()
+        self.offsets = [0, *itertools.accumulate(sizes[:-1])]
         self.size = sum(sizes)
-        self.op = np.concatenate([layout.op for layout in self.layouts])
-        args, rel, low_rel, low_abs, level = [], [], [], [], []
+        self.op = _joined([layout.op for layout in self.layouts])
+        args, rel, low_rel, level = [], [], [], []
         lv: Any = list(x_lv)
         for k, (layout, off) in enumerate(zip(self.layouts, self.offsets)):
-            a = layout.args + off * layout.rel      # rows relative to the stack's first
-            r = layout.rel.copy()
-            low = layout.low_rel + off
             lv_k, out_lv, inner = layout.levels(lv)
-            if k == 0:
+            if k == 0:                              # the layout's own arrays (one layer:
+                a, r, low = layout.args, layout.rel, layout.low_rel     # no copies)
                 self.x_inner = inner
             else:                                   # inputs: the layer before's results
+                a = layout.args + off * layout.rel  # rows relative to the stack's first
+                r = layout.rel.copy()
+                low = layout.low_rel + off
                 prev = self.offsets[k - 1] + self.layouts[k - 1].out
                 shape = (-1, layout.stride)
                 a[1].reshape(shape)[:, layout.mul] = prev
@@ -751,21 +753,21 @@ class _StackLayout:
             args.append(a)
             rel.append(r)
             low_rel.append(low)
-            low_abs.append(layout.low_abs if layout.low_abs is not None
-                           else np.full(layout.op.size, _FAR))
             level.append(lv_k)
             lv = out_lv.tolist()
-        self.args = np.concatenate(args, axis=1)
-        self.rel = np.concatenate(rel, axis=1)
-        self.low_rel = np.concatenate(low_rel)
-        self.low_abs = (np.concatenate(low_abs) if any(
-            layout.low_abs is not None for layout in self.layouts) else None)
-        self.level = np.concatenate(level)
+        self.args = _joined(args, axis=1)
+        self.rel = _joined(rel, axis=1)
+        self.low_rel = _joined(low_rel)
+        self.low_abs = None                         # weights or starts not leaves
+        if any(layout.low_abs is not None for layout in self.layouts):
+            self.low_abs = _joined([np.full(layout.op.size, _FAR) if layout.low_abs is None
+                                    else layout.low_abs for layout in self.layouts])
+        self.level = _joined(level)
         self.out = self.offsets[-1] + self.layouts[-1].out
         self.out_lv = lv
         # one gather: the weights of every layer, then the starts that are Values
         rows = [w.ravel() for _, w, _ in found] + [s for _, _, s in found if s is not None]
-        self.gather = np.concatenate(rows)
+        self.gather = _joined(rows)
         self.w_at, self.s_at, at = [], [], 0
         for _, w, _ in found:
             self.w_at.append(slice(at, at + w.size))
@@ -775,6 +777,11 @@ class _StackLayout:
             at += 0 if s is None else s.size
         self.immediates = found[0][0].x_imm or any(s is None for _, _, s in found)
         self.zeros = None if self.immediates else np.zeros(self.size)
+
+
+def _joined(parts: list[np.ndarray], axis: int = 0) -> np.ndarray:
+    """``np.concatenate(parts, axis)``, or the one part itself (not copied)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
 
 
 def _write_stack(t: Rows, first: int, stack: _StackLayout, starts: list,
