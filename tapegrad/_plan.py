@@ -230,7 +230,7 @@ class Plan:
         level = cols.level[rows]
         a0 = cols.a0[rows].astype(np.int64)
         a1 = cols.a1[rows].astype(np.int64)
-        binary = _BINARY[op]
+        binary = _BINARY.take(op)
         # immediates become constant rows (distinct bit patterns, so -0.0 stays -0.0)
         needs = binary & ((a0 < 0) | (a1 < 0))
         consts = cols.const[rows][needs]
@@ -303,8 +303,7 @@ class Plan:
         # an immediate gets a constant row only where the partials read it (x * 3 does,
         # x + 3 does not); other empty slots point at the sink. Leaves (op 0) read none.
         need = x_imm | y_imm
-        need &= _BINARY[op]
-        need &= READS_OPERANDS[op]
+        need &= (_BINARY & READS_OPERANDS).take(op)
         at = np.flatnonzero(need)
         const_values = cols.const[lo - nl: hi][at]      # local row i <- tape row lo - nl + i
         sink = n + at.size
@@ -606,7 +605,7 @@ def _fold_paths(plan: Plan, pred: np.ndarray, in_rows: np.ndarray | slice) -> li
     sum when ``x`` has one reader (micrograd's order)."""
     paths = _graph.runs(pred, _FOLD_MIN)
     is_sum = np.zeros(plan.size, bool)
-    is_sum[in_rows] = _IS_SUM[plan.op[in_rows]]
+    is_sum[in_rows] = _IS_SUM.take(plan.op[in_rows])
     if len(paths) > 64:
         is_sum[np.concatenate(paths)] = False
     else:                               # a few (long) paths: slices, no index copies
@@ -806,7 +805,7 @@ class Backward:
         self._last = threading.local()        # each thread's last sweep: reached, anomaly
         self._lock = threading.Lock()         # builds a layout once
         ev = plan.evaluated
-        differentiable = _DIFFERENTIABLE[plan.op[_graph.as_slice(ev)]]
+        differentiable = _DIFFERENTIABLE.take(plan.op[_graph.as_slice(ev)])
         rows = ev if differentiable.all() else ev[differentiable]
         self.rows = rows                      # local rows with partials, ascending
         fan = None
