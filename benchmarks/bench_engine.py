@@ -394,18 +394,22 @@ def bench_sparse(n_ops: int) -> dict:
     return out
 
 
-def bench_record(ops: int) -> dict:
-    """Scalar recording in a tight loop: ``c = a * b; d = c + a``."""
-    def loop(Value):
-        a, b = Value(1.0), Value(0.999)
+def record_loop(Value, ops: int) -> Callable[[], None]:
+    """Scalar recording in a tight loop: ``c = a * b; d = c + a``, ``ops`` ops."""
+    a, b = Value(1.0), Value(0.999)
 
-        def run():
-            for _ in range(ops // 2):
-                c = a * b
-                c + a
-        return run
+    def run():
+        for _ in range(ops // 2):
+            c = a * b
+            c + a
+    return run
+
+
+def bench_record(ops: int) -> dict:
+    """:func:`record_loop` for each engine, one after the other in this process
+    (``bench_alternating.py record`` runs them in alternating fresh processes)."""
     with tapegrad.Tape() as tape:
-        out = peer_times(loop, 3)
+        out = peer_times(lambda Value: record_loop(Value, ops), 3)
     tape.reset()
     return {k: v / ops for k, v in out.items()}
 

@@ -8,8 +8,9 @@
 machine's first run, before the timing; the load time is printed). Run each in a fresh
 process, several times, and take the median: the first call's cost
 includes touching fresh memory (page faults), which a warm process does not see. Prints
-one JSON line: ns/op of the first and of a repeated call, and the minor page faults
-(``ru_minflt``) the first call took.
+one JSON line: ns/op of the first and of a repeated call, the minor page faults
+(``ru_minflt``) the first call took, and how fresh memory is backed (:func:`hugepages`):
+``NUMPY_MADVISE_HUGEPAGE=0 python benchmarks/bench_first.py w2`` compares.
 """
 
 from __future__ import annotations
@@ -35,6 +36,23 @@ def faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def hugepages() -> dict:
+    """How fresh memory is backed: the kernel's transparent huge pages (``enabled``,
+    ``defrag``) and whether NumPy asks for them. NumPy advises huge pages for arrays of
+    4 MiB and more unless ``NUMPY_MADVISE_HUGEPAGE=0``; with ``defrag`` at ``madvise``
+    the first touch of such an array may stall while the kernel compacts memory, which
+    on a busy VM makes first calls slower and their spread wider (docs/performance.md)."""
+    out = {"numpy_madvise_hugepage": os.environ.get("NUMPY_MADVISE_HUGEPAGE", "default")}
+    for key in ("enabled", "defrag"):
+        try:
+            with open(f"/sys/kernel/mm/transparent_hugepage/{key}") as f:
+                text = f.read()
+            out[f"thp_{key}"] = text[text.index("[") + 1: text.index("]")]
+        except (OSError, ValueError):
+            out[f"thp_{key}"] = None
+    return out
+
+
 def first_and_again(root, ops: int) -> dict:
     f0 = faults()
     t0 = time.perf_counter()
@@ -52,7 +70,7 @@ def first_and_again(root, ops: int) -> dict:
 
 def main() -> None:
     which = sys.argv[1] if len(sys.argv) > 1 else "w2"
-    out: dict = {"workload": which, "kernels": tapegrad.kernels()}
+    out: dict = {"workload": which, "kernels": tapegrad.kernels(), **hugepages()}
     if tapegrad.kernels() != "numpy":     # TAPEGRAD_KERNELS=numba: load them first, untimed
         t0 = time.perf_counter()
         tapegrad.set_kernels(tapegrad.kernels())
