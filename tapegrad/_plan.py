@@ -933,14 +933,7 @@ class Backward:
             at += out.size
             self._chains.setdefault(k, []).append(_FoldedChains(
                 out, links, *map(np.concatenate, (side_c, side_t, side_p)), at - out.size))
-        n = plan.rows.size
-        self._sweep = {}      # per level group: (a, b, consumers, targets, slots)
-        for k, (a, b) in self._groups.items():
-            used = (t0[a:b] < n).any(), (t1[a:b] < n).any()
-            slots = 2 if all(used) else int(used[1])    # 2: both; adjoints of constants
-            tgt = (np.concatenate((t0[a:b], t1[a:b])) if slots == 2  # unkept
-                   else (t0, t1)[slots][a:b])
-            self._sweep[k] = (a, b, order[a:b], tgt, slots)
+        self._sweep = self._group_steps(order, t0, t1, starts)
         # whether the sweep reads any slot-1 partial (a recurrence x = x * c + d reads
         # none: every link and side edge is slot 0); if not, it gathers half of them
         self._slot1_read = any(slots for *_, slots in self._sweep.values()) or any(
@@ -948,6 +941,31 @@ class Backward:
             for chs in self._chains.values() for ch in chs)
         self._part = _Partials(plan, order, t0, t1)
         self._keys = sorted(set(self._groups) | set(self._chains), reverse=True)   # last
+
+    def _group_steps(self, order: np.ndarray, t0: np.ndarray, t1: np.ndarray,
+                     starts: np.ndarray) -> dict[int, tuple]:
+        """Per level group (positions ``starts[g]:starts[g + 1]`` of ``order``): ``(a, b,
+        rows, targets, slots)``. ``slots``: which operand slots the sweep scatters to (2:
+        both, with ``targets`` slot 0's operands then slot 1's; 0 or 1: that slot alone):
+        a slot that reads only constants and the sink is left out (their adjoints are not
+        kept). Worked out for all groups at once: a random DAG has hundreds."""
+        n, cuts = self.plan.rows.size, starts[:-1]
+        if cuts.size == 0:
+            return {}
+        end = int(starts[-1])
+        used = [np.logical_or.reduceat(t[:end] < n, cuts).tolist() for t in (t0, t1)]
+        # both slots' operands, group by group: group [a, b) at [2a, a + b) and [a + b, 2b)
+        sizes = np.diff(starts)
+        pos = np.arange(end)
+        paired = np.empty(2 * end, t0.dtype)
+        paired[pos + np.repeat(cuts, sizes)] = t0[:end]
+        paired[pos + np.repeat(starts[1:], sizes)] = t1[:end]
+        steps = {}
+        for (k, (a, b)), u0, u1 in zip(self._groups.items(), *used):
+            slots = 2 if u0 and u1 else int(u1)
+            tgt = paired[2 * a: 2 * b] if slots == 2 else (t0, t1)[slots][a:b]
+            steps[k] = (a, b, order[a:b], tgt, slots)
+        return steps
 
     def _rows_in_order(self) -> _RowLayout:
         """The compiled sweep's layout, built on first use."""
