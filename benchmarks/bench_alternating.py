@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -93,8 +94,9 @@ def alternate(workload: str, rounds: int) -> dict:
               flush=True)
     ratios = {peer: [p / t for p, t in zip(figures[peer], figures["tapegrad"])]
               for peer in ENGINES[1:]}
-    return {"workload": workload, "unit": UNITS[workload], "figures": figures,
-            "ratios": ratios}
+    return {"workload": workload, "unit": UNITS[workload],
+            "kernels": os.environ.get("TAPEGRAD_KERNELS") or "numpy",
+            "figures": figures, "ratios": ratios}
 
 
 def report(res: dict) -> list[str]:
