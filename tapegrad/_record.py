@@ -588,7 +588,7 @@ class _DotLayout:
         key = tuple(x_lv)
         found = self._levels.get(key)
         if found is None:
-            if len(self._levels) >= _STACKS_KEPT:    # inputs of many levels: start afresh
+            if len(self._levels) >= _PATTERNS_KEPT:    # inputs of many levels: start afresh
                 self._levels.clear()
             g_n = self.w_lv.shape[0]
             p_lv = np.maximum(self.w_lv, np.array(x_lv, np.int64)) + 1    # products
@@ -702,7 +702,7 @@ def _dot_layout(t: Rows, w: list, starts: list, act: Op | None, x_imm: bool,
     return layout, w_rows, s_rows
 
 
-_STACKS_KEPT = 16       # stack layouts kept per caller (one per levels of the inputs)
+_PATTERNS_KEPT = 16     # layouts kept per layer or stack, one per pattern of input levels
 
 
 def _stack_layout(stacks: dict | None, found: list, x_lv: tuple) -> _StackLayout:
@@ -712,7 +712,7 @@ def _stack_layout(stacks: dict | None, found: list, x_lv: tuple) -> _StackLayout
         return _StackLayout(found, x_lv)
     stack = stacks.get(x_lv)
     if stack is None or any(a is not b[0] for a, b in zip(stack.layouts, found)):
-        if stack is not None or len(stacks) >= _STACKS_KEPT:
+        if stack is not None or len(stacks) >= _PATTERNS_KEPT:
             stacks.clear()              # the layers changed (or many input levels)
         stack = stacks[x_lv] = _StackLayout(found, x_lv)
     return stack
