@@ -278,16 +278,29 @@ def _neuron_rows(neurons: list[Neuron], first: int) -> range:
     return range(first, first + stride * len(neurons), stride)
 
 
-def _record_in_bulk(layers: list[list[Neuron]], caches: list[_BulkCache], scopes: list[str],
-                    then: str, x: Sequence[Value | float]) -> list[Value] | None:
-    """Rows of layers of neurons, each reading the previous one's results, written in
-    bulk (:func:`_record.record_layers`) with the neurons' scope marks inside each
-    layer's scope path ``scopes[k]``, then ``then``; the last layer's results, or None
-    when the layers must be called (see :func:`_bulk_spec`, :func:`_bulk_inputs`)."""
-    specs = [_bulk_spec(ns, cache) for ns, cache in zip(layers, caches)]
+def _bulk_specs(layers: list[list[Neuron]], caches: list[_BulkCache]) -> list | None:
+    """:func:`_bulk_spec` of every layer, or None as soon as one must be called (a small
+    model's layers say so at once, before any other work)."""
+    specs = []
+    for ns, cache in zip(layers, caches):
+        spec = _bulk_spec(ns, cache)
+        if spec is None:
+            return None
+        specs.append(spec)
+    return specs
+
+
+def _record_in_bulk(layers: list[list[Neuron]], specs: list, caches: list[_BulkCache],
+                    scopes: list[str], then: str,
+                    x: Sequence[Value | float]) -> list[Value] | None:
+    """Rows of layers of neurons (``specs`` from :func:`_bulk_specs`), each reading the
+    previous one's results, written in bulk (:func:`_record.record_layers`) with the
+    neurons' scope marks inside each layer's scope path ``scopes[k]``, then ``then``;
+    the last layer's results, or None when the layers must be called (see
+    :func:`_bulk_inputs`)."""
     t = _record.bulk_target()
     x = _bulk_inputs(x, len(layers[0][0].w))
-    if None in specs or t is None or x is None:
+    if t is None or x is None:
         return None
     found = _record.record_layers(t, specs, x, caches[0].stacks)
     if found is None:
@@ -482,8 +495,11 @@ class Layer(_Scoped):
         call its neurons: a small layer (the loop is faster), neurons of a subclass or
         of mixed activations or sizes, inputs that are not all Values of the current
         tape or all floats, and under ``detect_anomaly``."""
+        specs = _bulk_specs([self.neurons], [self._bulk])
+        if specs is None:
+            return None
         layer = _context.state.scope          # this layer's scope, entered by __call__
-        return _record_in_bulk([self.neurons], [self._bulk], [layer], layer, x)
+        return _record_in_bulk([self.neurons], specs, [self._bulk], [layer], layer, x)
 
     def parameters(self) -> list[Value]:
         return [p for n in self.neurons for p in n.parameters()]
@@ -569,10 +585,13 @@ class MLP(Module):
             return None                 # a layer of the user's own: its __call__ runs
         if len(self._bulk) != len(self.layers):
             self._bulk = [_BulkCache() for _ in self.layers]
+        layers = [layer.neurons for layer in self.layers]
+        specs = _bulk_specs(layers, self._bulk)
+        if specs is None:
+            return None
         outer = _context.state.scope
         scopes = [f"{outer}/{layer.name}" if outer else layer.name for layer in self.layers]
-        return _record_in_bulk([layer.neurons for layer in self.layers], self._bulk, scopes,
-                               outer, x)
+        return _record_in_bulk(layers, specs, self._bulk, scopes, outer, x)
 
     def parameters(self) -> list[Value]:
         return [p for layer in self.layers for p in layer.parameters()]
