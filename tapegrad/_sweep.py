@@ -92,12 +92,14 @@ def backward(t: Rows, root: int, anomaly: bool = False,
     ``level``: the root's level, if known. The row-by-row sweep is tried first unless
     a root of this level had a graph too big for it before (:attr:`Rows.big_levels`):
     each step of a training loop, or a replay's backward, would walk
-    :data:`SMALL_ROWS` rows in Python only to give up.
+    :data:`SMALL_ROWS` rows in Python only to give up. A root deeper than
+    :data:`SMALL_ROWS` levels has more non-leaf ancestors than that (one per level on
+    its longest path): it is never tried.
     """
     if t.has_links():
         t.refresh_links()
     big = t.big_levels
-    if timing is None and (level is None or level not in big):
+    if timing is None and (level is None or (level not in big and level <= SMALL_ROWS)):
         swept = _small(t, root, SMALL_ROWS, anomaly)
         if swept >= 0:
             return swept
