@@ -154,8 +154,9 @@ def test_mlp_rows_scopes_and_gradients_equal_the_scalar_path():
 def test_mlp_calls_equal_the_scalar_path_as_inputs_and_layers_change(nonlin):
     """An MLP writes all its layers' rows at once from a layout it keeps between calls
     (per levels of the inputs). Calls with leaves, computed inputs of other levels,
-    floats and ints, and with a middle layer's weight, bias and activations changed in
-    between, write the rows the layers called neuron by neuron write."""
+    floats and ints, and with a middle layer's weight, bias and activations and the last
+    layer's biases (numbers, then Values) changed in between, write the rows the layers
+    called neuron by neuron write."""
     def inputs(k):
         base = [0.5 - 0.25 * k, -1.0, 2.0 + k]
         return ([Value(v) for v in base],                         # leaves
@@ -169,6 +170,8 @@ def test_mlp_calls_equal_the_scalar_path_as_inputs_and_layers_change(nonlin):
         middle[0].b = Value(-0.5)
         for n in middle:
             n.activation = "sigmoid" if n.activation != "sigmoid" else nonlin
+        for k, n in enumerate(model.layers[2].neurons):    # biases as numbers, then back
+            n.b = 0.25 * k if type(n.b) is Value else Value(0.5)
 
     results = []
     for bulk in (True, False):
@@ -190,7 +193,7 @@ def test_mlp_calls_equal_the_scalar_path_as_inputs_and_layers_change(nonlin):
             loss.backward()
         assert calls == ([0] * 4 + [3] * 14 if bulk else [])   # first: MLP, then each layer
         results.append((t, [o.data for out in outs for o in out],
-                        [p.grad for p in model.parameters()]))
+                        [p.grad for p in model.parameters() if type(p) is Value]))
     (ta, da, ga), (tb, db, gb) = results
     assert_same_rows(ta, tb)
     assert da == db and ga == gb and any(ga)
