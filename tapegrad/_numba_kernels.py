@@ -27,9 +27,9 @@ from __future__ import annotations
 from numba import njit
 
 _IX = ("int32", "int64")      # one compiled version per index width: plans use int32
-_ONE = [f"void(int64, {ix}[::1], {ix}[::1], {ix}[::1], intp[::1], float64[::1], "
+_ONE = [f"void(int64, {ix}[::1], {ix}[::1], {ix}[::1], {ix}[::1], float64[::1], "
         "float64[::1], boolean[::1])" for ix in _IX]
-_BATCH = [f"void(int64, {ix}[::1], {ix}[::1], {ix}[::1], intp[::1], float64[:, ::1], "
+_BATCH = [f"void(int64, {ix}[::1], {ix}[::1], {ix}[::1], {ix}[::1], float64[:, ::1], "
           "float64[:, ::1], boolean[::1])" for ix in _IX]
 _OPTIONS = {"cache": True, "nogil": True}
 

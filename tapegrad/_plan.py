@@ -637,9 +637,10 @@ class _Partials:
     """
 
     def __init__(self, plan: Plan, order: np.ndarray | slice, t0: np.ndarray,
-                 t1: np.ndarray) -> None:
+                 t1: np.ndarray, index: type = np.intp) -> None:
         self.plan, self.order, self.t0, self.t1 = plan, order, t0, t1
         self.m = t0.size                      # rows laid out (``order`` may be a slice)
+        self.index = index                    # the gather's dtype (see _RowLayout)
         self.schedule: _PartialsSchedule | None = None
 
     def _rows_at(self, at: np.ndarray) -> np.ndarray:
@@ -661,7 +662,7 @@ class _Partials:
     def _schedule(self, slot1: bool) -> _PartialsSchedule:
         m, size = self.m, self.plan.size
         consts = [0.0]                          # slot 1 of unary ops: zero, as before
-        gather = np.full((2 if slot1 else 1) * m, size, np.intp)
+        gather = np.full((2 if slot1 else 1) * m, size, self.index)
         computed, gathered = [], set()
         for rule, at in self.by_op():
             if rule is MUL:
@@ -765,7 +766,7 @@ class _RowLayout:
     first: int              # the first row, when the rows are a range
     rows: np.ndarray        # local rows; empty when they are the range from ``first``
     x: np.ndarray           # their operands (constants and the sink included)
-    y: np.ndarray           # (rows, x, y: the plan's index dtype, int32 or int64)
+    y: np.ndarray           # (rows, x, y and the partials' gather: the plan's index width)
     slot1: bool             # whether some slot-1 operand is a row (else: slot 0 only)
     partials: _Partials
 
@@ -982,8 +983,10 @@ class Backward:
                     else:
                         first, rows = 0, self.rows.astype(x.dtype, copy=False)
                     slot1 = bool((y < plan.rows.size).any())
+                    # the gather in the plan's index width (int32 where it fits):
+                    # the compiled loops read it per row; NumPy's take wants intp
                     layout = self._row_layout = _RowLayout(
-                        first, rows, x, y, slot1, _Partials(plan, at, x, y))
+                        first, rows, x, y, slot1, _Partials(plan, at, x, y, x.dtype.type))
         return layout
 
     @property

@@ -295,7 +295,7 @@ def test_compiled_loops_equal_a_plain_loop_bit_for_bit(listed, masked, both, dty
     y = np.where(kind == 1, r - 1, rng.integers(0, r))              # some a * a
     y = np.where(kind == 2, x, y)
     rows = r.astype(dtype) if listed else np.zeros(0, dtype)
-    gather = rng.integers(0, 300, (2 if both else 1) * m).astype(np.intp)
+    gather = rng.integers(0, 300, (2 if both else 1) * m).astype(dtype)
     for samples in (1, 3):
         ext = rng.uniform(-1.5, 1.5, (300, samples))
         adj = np.zeros((first + m + 2, samples))
