@@ -13,6 +13,8 @@ Workloads (the user code is the same for both engines, only the import differs):
 * W3: a random layered DAG over 1000 leaves: each op combines a node of the previous
   layer with a random one (``*``, ``+``, ``-``, ``relu``, ``* 0.5``); 2·10^5 and 10^6
   ops, then ``sum`` of the last layer and ``backward``.
+* Recording and W1 again with the engines taking turns in fresh processes
+  (``bench_alternating.py``, 3 rounds): the ratios this VM's speed drift cannot bias.
 * W1, W2 and W3 again on the optional numba kernels, when numba is installed (rows
   marked ``[numba]``; their targets are the issue's targets for the compiled kernels).
 * Small graphs: 2,000 four-op graphs with their backward; 2,000 batch-size-1 SGD steps
@@ -518,6 +520,18 @@ def numba_report(res: dict) -> list[tuple[str, ...]]:
     return rows
 
 
+def _alternating_row(label: str, alt: dict, target: str) -> tuple[str, ...]:
+    """A row from ``bench_alternating.alternate``: medians of each engine's figures, the
+    median and range of the per-round ratios."""
+    med = {e: statistics.median(v) for e, v in alt["figures"].items()}
+    off, on = alt["ratios"]["micrograd_gc_off"], alt["ratios"]["micrograd_gc_on"]
+    unit = alt["unit"].split("/")[0]
+    return (f"{label} ({len(off)} rounds)", f"{med['tapegrad']:,.4g} {unit}",
+            f"{med['micrograd_gc_off']:,.4g} {unit}", f"{med['micrograd_gc_on']:,.4g} {unit}",
+            f"{statistics.median(off):.2f}x ({statistics.median(on):.1f}x); rounds "
+            f"{min(off):.2f}-{max(off):.2f}x", target)
+
+
 def report(res: dict) -> list[tuple[str, ...]]:
     """Rows: workload, tapegrad, micrograd gc off, micrograd gc on, ratio, target."""
     ns = lambda s: f"{s * 1e9:,.0f} ns"   # noqa: E731
@@ -542,6 +556,12 @@ def report(res: dict) -> list[tuple[str, ...]]:
     rows.append(_peer_row(f"W1 moons step (record + backward + SGD), mean (median "
                           f"{w1['tapegrad_median'] * 1e3:.1f} ms)", w1,
                           ">= 5x faster (#13)"))
+    for workload, label, target in (
+            ("record", "recording, per op, alternating fresh processes", ">= 2x faster (#13)"),
+            ("w1", "W1 moons step, mean, alternating fresh processes", ">= 5x faster (#13)")):
+        alt = res.get("alternating", {}).get(workload)
+        if alt is not None:
+            rows.append(_alternating_row(label, alt, target))
     w2 = res["w2"]
     rows.append((f"W2 chain of {w2['ops']:,} ops, backward per op",
                  f"{w2['backward_first_s'] / w2['ops'] * 1e9:.0f} ns first, "
@@ -591,6 +611,12 @@ def main(argv: list[str] | None = None) -> int:
     print("W1 ...", flush=True)
     res["w1"] = bench_w1(steps=5 if quick else 30, peer_steps=1 if quick else 3,
                          warm_up=2 if quick else 16)
+    if not quick:      # the same two rows, engines taking turns in fresh processes
+        from bench_alternating import alternate
+        res["alternating"] = {}
+        for workload in ("record", "w1"):
+            print(f"{workload}, alternating processes ...", flush=True)
+            res["alternating"][workload] = alternate(workload, rounds=3)
     print("W2 ...", flush=True)
     res["w2"] = bench_w2(10**5 if quick else 10**6)
     res["w3"] = []
